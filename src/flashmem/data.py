@@ -10,6 +10,7 @@ Answer texts (the training target) per source:
 * gsm8k: the solution with calculator annotations ``<<48/2=24>>`` removed; ends ``#### N``.
 * math500: the ``solution`` field as is (it contains ``\\boxed{...}``).
 * mawps, and JSONL rows whose answer is a bare number: ``"The answer is N.\\n#### N"``.
+* other JSONL/hub rows: the answer field as is (GSM8K calculator annotations removed).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from flashmem.errors import FlashmemError
 
 ENV_DATA_DIR = "FLASHMEM_DATA_DIR"
 ON_ERROR = ("stop", "skip")
-_CALC_ANNOTATION_RE = re.compile(r"<<[^<>]*>>")
+_CALC_ANNOTATION_RE = re.compile(r"<<[^<>]*=[^<>]*>>")
 _QUESTION_FIELDS = ("question", "problem", "input")
 _ANSWER_FIELDS = ("answer", "solution", "target")
 _BARE_NUMBER_RE = re.compile(r"\s*-?\$?[\d,]*\.?\d+\s*")
@@ -63,21 +64,6 @@ class DataReport:
         return text
 
 
-@dataclass(frozen=True)
-class _Named:
-    folder: str
-    splits: tuple[str, ...]
-    hub_id: str | None
-    hub_config: str | None
-
-
-_NAMED = {
-    "gsm8k": _Named("gsm8k", ("train", "test"), "openai/gsm8k", "main"),
-    "math500": _Named("math500", ("test",), "HuggingFaceH4/MATH-500", None),
-    "mawps": _Named("mawps", ("test",), None, None),
-}
-
-
 class _RowError(Exception):
     """A problem with one row; turned into a FlashmemError or a skip entry by the caller."""
 
@@ -108,15 +94,6 @@ def _text_field(row: dict[str, Any], name: str) -> str:
     if not text.strip():
         raise _RowError(f"field {name!r} is empty")
     return text
-
-
-def _pick(row: dict[str, Any], given: str | None, candidates: tuple[str, ...], what: str) -> str:
-    if given:
-        return given
-    for name in candidates:
-        if name in row:
-            return name
-    raise _RowError(f"no {what} field: expected one of {', '.join(candidates)}")
 
 
 def _final(answer: Any, kind: str) -> str:
@@ -196,46 +173,47 @@ def _collect(
     return kept
 
 
-def _generic_parser(question_field: str | None, answer_field: str | None):
-    """Parser for JSONL/hub rows with guessed or given field names; kind is decided later."""
+def _present(row: dict[str, Any], candidates: tuple[str, ...], what: str) -> str:
+    for name in candidates:
+        if name in row:
+            return name
+    raise _RowError(f"no {what} field: expected one of {', '.join(candidates)}")
 
-    def parse(row: dict[str, Any], line: int) -> tuple[int, str, str, str | None]:
-        question = _text_field(row, _pick(row, question_field, _QUESTION_FIELDS, "question"))
+
+def _guess_kind(rows: list[tuple[int, Any]], answer_field: str | None) -> str:
+    """"math" for a MATH layout (a solution field) or any boxed answer, else "number"."""
+    names = (answer_field,) if answer_field else _ANSWER_FIELDS
+    for _, row in rows:
+        if isinstance(row, dict):
+            if answer_field is None and "solution" in row:
+                return "math"
+            if any("\\boxed" in str(row.get(name, "")) for name in names):
+                return "math"
+    return "number"
+
+
+def _generic_parser(question_field: str | None, answer_field: str | None, kind: str, source: str):
+    """Parser for JSONL/hub rows with given or guessed field names."""
+
+    def parse(row: dict[str, Any], line: int) -> Example:
+        question = _text_field(row, question_field or _present(row, _QUESTION_FIELDS, "question"))
         if answer_field is None and "solution" in row:
-            # MATH layout: the worked solution is the target, a short "answer" the final.
+            # MATH layout: the worked solution is the target, the short "answer" the final.
             answer = _text_field(row, "solution")
-            final_src = _text_field(row, "answer") if "answer" in row else None
+            final = _final(_text_field(row, "answer") if "answer" in row else answer, kind)
         else:
-            answer = _text_field(row, _pick(row, answer_field, _ANSWER_FIELDS, "answer"))
-            final_src = None
-        return line, question, answer, final_src
+            answer = _text_field(row, answer_field or _present(row, _ANSWER_FIELDS, "answer"))
+            if kind == "number":
+                answer = _CALC_ANNOTATION_RE.sub("", answer)
+            final = _final(answer, kind)
+            if kind == "number" and _BARE_NUMBER_RE.fullmatch(answer):
+                answer = _number_answer_text(final)
+        return Example(question, answer, final, kind, source, line)
 
     return parse
 
 
-def _finish_generic(
-    parsed: list[tuple[int, str, str, str | None]], report: DataReport, on_error: str, source: str
-) -> list[Example]:
-    """Second pass for generic rows: finals depend on the file-wide kind, known only now."""
-    # A separate short final (MATH layout) or any boxed answer makes the whole file "math".
-    is_math = any(f is not None or "\\boxed" in a for _, _, a, f in parsed)
-    kind = "math" if is_math else "number"
-    kept: list[Example] = []
-    for line, question, answer, final_src in parsed:
-        try:
-            final = _final(final_src if final_src is not None else answer, kind)
-        except _RowError as err:
-            _bad_row(report, line, err, on_error)
-            continue
-        if kind == "number" and _BARE_NUMBER_RE.fullmatch(answer):
-            answer = _number_answer_text(final)
-        kept.append(Example(question, answer, final, kind, source, line))
-    report.skipped.sort()
-    report.kept = len(kept)
-    return kept
-
-
-def _hub_rows(hub_id: str, config: str | None, split: str) -> tuple[list[tuple[int, Any]] | None, str]:
+def _hub_rows(hub_id: str, config: str | None, split: str) -> tuple[list | None, str]:
     """Rows from the Hugging Face hub, or (None, why not) when unavailable."""
     try:
         import datasets  # optional: not a dependency of flashmem
@@ -261,39 +239,37 @@ def _done(examples: list[Example], report: DataReport) -> tuple[list[Example], D
     return examples, report
 
 
+# name -> (splits, hub id, hub config, row parser)
+_NAMED = {
+    "gsm8k": (("train", "test"), "openai/gsm8k", "main", _parse_gsm8k),
+    "math500": (("test",), "HuggingFaceH4/MATH-500", None, _parse_math500),
+    "mawps": (("test",), None, None, _parse_mawps),
+}
+
+
 def _load_named(
     name: str, split: str, data_dir: str | None, on_error: str, limit: int | None
 ) -> tuple[list[Example], DataReport]:
-    spec = _NAMED[name]
-    if split not in spec.splits:
-        raise FlashmemError(
-            f"dataset {name!r} has no split {split!r}; available: {', '.join(spec.splits)}"
-        )
-    parser = {"gsm8k": _parse_gsm8k, "math500": _parse_math500, "mawps": _parse_mawps}[name]
+    splits, hub_id, hub_config, parser = _NAMED[name]
+    if split not in splits:
+        raise FlashmemError(f"dataset {name!r} has no split {split!r}; it has {', '.join(splits)}")
     root = resolve_data_dir(data_dir)
-    tried: list[str] = []
-    if root is not None:
-        path = root / spec.folder / f"{split}.jsonl"
-        tried.append(str(path))
-        if path.is_file():
-            report = DataReport(str(path))
-            rows = _read_jsonl(path)
-            examples = _collect(rows, lambda r, ln: parser(r, ln, name), report, on_error, limit)
-            return _done(examples, report)
-    else:
-        tried.append(f"no data folder (no data_dir, ${ENV_DATA_DIR} unset, no ../shared/data)")
-    why = "no hub copy is known for this set"
-    if spec.hub_id is not None:
-        hub, why = _hub_rows(spec.hub_id, spec.hub_config, split)
-        if hub is not None:
-            report = DataReport(f"hf://{spec.hub_id}/{split}")
-            examples = _collect(hub, lambda r, ln: parser(r, ln, name), report, on_error, limit)
-            return _done(examples, report)
-    raise FlashmemError(
-        f"dataset {name!r} split {split!r} not found. Tried: {'; '.join(tried)}; {why}. "
-        f"Put {spec.folder}/{split}.jsonl under a folder and pass --data-dir FOLDER "
-        f"or set {ENV_DATA_DIR}=FOLDER."
-    )
+    path = root / name / f"{split}.jsonl" if root is not None else None
+    rows, why, label = None, "no hub copy is known for this set", ""
+    if path is not None and path.is_file():
+        rows, label = _read_jsonl(path), str(path)
+    elif hub_id is not None:
+        rows, why = _hub_rows(hub_id, hub_config, split)
+        label = f"hf://{hub_id}/{split}"
+    if rows is None:
+        tried = str(path) if path else f"no folder (no data_dir, ${ENV_DATA_DIR}, ../shared/data)"
+        raise FlashmemError(
+            f"dataset {name!r} split {split!r} not found. Tried: {tried}; {why}. Put "
+            f"{name}/{split}.jsonl in a folder and pass --data-dir FOLDER or set {ENV_DATA_DIR}."
+        )
+    report = DataReport(label)
+    examples = _collect(rows, lambda r, ln: parser(r, ln, name), report, on_error, limit)
+    return _done(examples, report)
 
 
 def load_examples(
@@ -314,23 +290,22 @@ def load_examples(
     key = name_or_path.strip().lower()
     if key in _NAMED:
         return _load_named(key, split, data_dir, on_error, limit)
-    parse = _generic_parser(question_field, answer_field)
     path = Path(name_or_path).expanduser()
     if path.is_file():
-        report = DataReport(str(path))
-        parsed = _collect(_read_jsonl(path), parse, report, on_error, limit)
-        return _done(_finish_generic(parsed, report, on_error, str(path)), report)
-    if path.suffix == ".jsonl" or path.exists():
+        rows, label = list(_read_jsonl(path)), str(path)
+    elif path.suffix == ".jsonl" or path.exists():
         raise FlashmemError(f"data file {str(path)!r} not found or not a regular file")
-    hub, why = _hub_rows(name_or_path, None, split)
-    if hub is None:
-        raise FlashmemError(
-            f"unknown dataset {name_or_path!r}: not a file, not one of "
-            f"{', '.join(_NAMED)}, and {why}"
-        )
-    report = DataReport(f"hf://{name_or_path}/{split}")
-    parsed = _collect(hub, parse, report, on_error, limit)
-    return _done(_finish_generic(parsed, report, on_error, name_or_path), report)
+    else:
+        rows, why = _hub_rows(name_or_path, None, split)
+        if rows is None:
+            raise FlashmemError(
+                f"unknown dataset {name_or_path!r}: not a file, not one of {', '.join(_NAMED)}, "
+                f"and {why}"
+            )
+        label = f"hf://{name_or_path}/{split}"
+    parse = _generic_parser(question_field, answer_field, _guess_kind(rows, answer_field), label)
+    report = DataReport(label)
+    return _done(_collect(rows, parse, report, on_error, limit), report)
 
 
 def split_validation(
@@ -348,3 +323,50 @@ def split_validation(
     train = [ex for i, ex in enumerate(examples) if i not in held]
     val = [ex for i, ex in enumerate(examples) if i in held]
     return train, val
+
+
+# ------------------------------------------------------------------ synthetic fallback set
+
+_PEOPLE = (("Tom", "he"), ("Ana", "she"), ("Raj", "he"), ("Mia", "she"), ("Leo", "he"))
+_ITEMS = ("apples", "pencils", "stickers", "marbles", "cookies")
+
+
+def _synthetic_one(rng: random.Random) -> tuple[str, list[str], int]:
+    """One word problem: (question, worked steps, result); results are never negative."""
+    (name, he), item = rng.choice(_PEOPLE), rng.choice(_ITEMS)
+    a, b, c, cap = rng.randint(5, 40), rng.randint(2, 9), rng.randint(2, 9), he.title()
+    template = rng.randrange(4)
+    if template == 0:
+        t = a + b * c
+        q = f"{name} has {a} {item} and buys {b} bags of {c} {item}. How many {item} does {he} have?"
+        return q, [f"{cap} buys {b} * {c} = {b * c} {item}.", f"So {he} has {a} + {b * c} = {t}."], t
+    if template == 1:
+        gave = rng.randint(1, a - 1)
+        left, t = a - gave, a - gave + b
+        q = f"{name} had {a} {item}. {cap} gave away {gave}, then found {b} more. How many now?"
+        return q, [f"{cap} kept {a} - {gave} = {left} {item}.", f"Then {he} has {left} + {b} = {t}."], t
+    if template == 2:
+        cost, t = b * c, 100 - b * c
+        q = f"{item.title()} cost ${b} each. {name} buys {c} with a $100 bill. What is the change?"
+        return q, [f"They cost {c} * {b} = ${cost}.", f"The change is 100 - {cost} = ${t}."], t
+    rate, hours = a % 7 + 3, b + c
+    earned = rate * hours
+    spent = rng.randint(0, earned)
+    q = (f"{name} earns ${rate} an hour and works {b} hours on Monday and {c} on Tuesday, "
+         f"then spends ${spent}. How many dollars are left?")
+    steps = [f"{cap} works {b} + {c} = {hours} hours.", f"{cap} earns {hours} * {rate} = ${earned}.",
+             f"{cap} has {earned} - {spent} = ${earned - spent} left."]
+    return q, steps, earned - spent
+
+
+def synthetic_arithmetic(n: int, seed: int) -> list[Example]:
+    """``n`` generated two- or three-step word problems in GSM8K format, fixed by ``seed``."""
+    if n < 1:
+        raise FlashmemError(f"synthetic set size must be at least 1, got {n}")
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        question, steps, result = _synthetic_one(rng)
+        answer = "\n".join(steps) + f"\n#### {result}"
+        examples.append(Example(question, answer, str(result), "number", "synthetic", i + 1))
+    return examples

@@ -99,3 +99,13 @@ def consolidate(
 def room_for(bb: Backbone, state: DecodeState, extra: int) -> bool:
     """Whether every row can still take `extra` positions within the model's context."""
     return int(state.positions.max()) + extra <= bb.max_positions
+
+
+def drop_last(bb: Backbone, state: DecodeState, n: int) -> None:
+    """Forget the last n slots (all real, batch of one): the teacher-forced path looked ahead past a trigger."""
+    if n <= 0:
+        return
+    bb.crop(state.cache, state.length - n)
+    state.mask, state.sinks = state.mask[:, :-n], state.sinks[:, :-n]
+    state.ids, state.ids_mask = state.ids[:, :-n], state.ids_mask[:, :-n]
+    state.positions = state.positions - n

@@ -124,7 +124,7 @@ def _convert_alias(source: ModelSource) -> None:
     """Dequantise the packaged GGUF once into a safetensors folder, atomically."""
     target = Path(source.location)
     gguf = Path(source.gguf_path)  # type: ignore[arg-type]
-    pretty = next(v[2] for k, v in ALIASES.items() if k == source.spec.lower())
+    pretty = ALIASES[source.spec.lower()][2]
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"converting {pretty} GGUF once into {target} ...", file=sys.stderr, flush=True)
     # Same parent, so the final rename is atomic: an interrupted run leaves only a temp folder.
@@ -177,9 +177,7 @@ def _check_model_type(source: ModelSource) -> None:
 
 def _load_error(source: ModelSource, exc: Exception) -> FlashmemError:
     if source.kind == "hub":
-        return FlashmemError(
-            f"model '{source.spec}' could not be found locally or on the hub: {exc}"
-        )
+        return FlashmemError(f"model '{source.spec}' could not be found locally or on the hub: {exc}")
     return FlashmemError(f"could not load model {source.spec}: {exc}")
 
 
@@ -278,7 +276,7 @@ def max_context(model: Any) -> int:
     """Longest sequence (prompt + memory + answer) the model's positions cover."""
     value = getattr(model.config, "max_position_embeddings", None)
     if not value:
-        raise FlashmemError(f"model config of type '{model.config.model_type}' has no max_position_embeddings")
+        raise FlashmemError("the model's config has no max_position_embeddings")
     return int(value)
 
 

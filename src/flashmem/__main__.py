@@ -1,0 +1,4 @@
+"""`python -m flashmem ...` (and `accelerate launch -m flashmem train ...`)."""
+from .cli import main
+
+raise SystemExit(main())
