@@ -26,19 +26,24 @@ class DecodeState:
     ids_mask: torch.Tensor  # (B, T_ids)
     hidden: torch.Tensor  # (B, d) hidden state of each row's newest token
     logits: torch.Tensor  # (B, V) logits for each row's next token
+    inputs: list[torch.Tensor] | None = None  # every embedding fed, kept only for MemGen's re-prefill
 
     @property
     def length(self) -> int:
         return self.mask.shape[1]
 
 
-def prefill(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, want_query: bool = False):
+def prefill(
+    bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, want_query: bool = False,
+    keep_inputs: bool = False,
+):
     """Encode left-padded prompts. Returns the state and the step output (query for every position)."""
     mask = mask.long()
     # Same position rule as transformers' generate for left padding.
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     cache = bb.new_cache()
-    out = bb.forward(bb.embed(ids), cache, positions, mask, want_query=want_query)
+    embeds = bb.embed(ids)
+    out = bb.forward(embeds, cache, positions, mask, want_query=want_query)
     state = DecodeState(
         cache=cache,
         mask=mask,
@@ -48,6 +53,7 @@ def prefill(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, w
         ids_mask=mask,
         hidden=out.hidden[:, -1],
         logits=out.logits[:, -1],
+        inputs=[embeds] if keep_inputs else None,
     )
     return state, out
 
@@ -64,6 +70,8 @@ def forward_chunk(
     state.sinks = torch.cat([state.sinks, torch.zeros_like(new_mask, dtype=torch.bool)], dim=1)
     out = bb.forward(embeds, state.cache, positions, state.mask, want_query=want_query, all_logits=all_logits)
     state.positions = state.positions + q * real.long()
+    if state.inputs is not None:
+        state.inputs.append(embeds)
     return out
 
 
@@ -109,3 +117,17 @@ def drop_last(bb: Backbone, state: DecodeState, n: int) -> None:
     state.mask, state.sinks = state.mask[:, :-n], state.sinks[:, :-n]
     state.ids, state.ids_mask = state.ids[:, :-n], state.ids_mask[:, :-n]
     state.positions = state.positions - n
+    if state.inputs is not None:
+        state.inputs = [torch.cat(state.inputs, 1)[:, :-n]]
+
+
+def rebuild_cache(bb: Backbone, state: DecodeState, rows: torch.Tensor) -> None:
+    """MemGen's re-prefill: throw the cache away and re-encode every input so far (same numbers, its cost)."""
+    from .memgen import reprefill
+
+    inputs = torch.cat(state.inputs, 1)
+    state.inputs = [inputs]
+    state.cache, out = reprefill(bb, inputs, state.mask)
+    pick = rows[:, None]
+    state.logits = torch.where(pick, out.logits[:, -1], state.logits)
+    state.hidden = torch.where(pick, out.hidden[:, -1], state.hidden)

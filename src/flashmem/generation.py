@@ -13,7 +13,7 @@ import torch
 
 from .backbone import Backbone
 from .config import GenerationConfig
-from .engine import DecodeState, append_tokens, chunk_entropy, consolidate, forward_chunk, prefill, room_for
+from .engine import append_tokens, chunk_entropy, consolidate, forward_chunk, prefill, rebuild_cache, room_for
 from .memory import LatentMemory
 from .monitor import TriggerState, may_fire, record_fire
 
@@ -93,7 +93,8 @@ def generate(
     if fires_on_entropy and threshold is None:
         raise ValueError("memory has no threshold: calibrate it or set config.threshold")
     b = ids.shape[0]
-    state, _ = prefill(bb, ids, mask, cfg.n_sinks if cfg else 4)
+    reprefill = use_memory and cfg.reprefill
+    state, _ = prefill(bb, ids, mask, cfg.n_sinks if cfg else 4, keep_inputs=reprefill)
     traces = [RowTrace(threshold=threshold) for _ in range(b)]
     triggers = [TriggerState() for _ in range(b)]
     latents_log: list | None = [] if keep_logits else None
@@ -141,6 +142,8 @@ def generate(
             pick = torch.zeros(b, dtype=torch.bool, device=ids.device)
             pick[rows] = True
             kept = consolidate(bb, memory, state, pick, keep_latents=keep_logits)
+            if reprefill:  # MemGen's code re-encodes the reasoner's whole sequence after an insertion
+                rebuild_cache(bb, state, pick)
             if keep_logits:
                 latents_log.append((step, kept))
             for r in rows:

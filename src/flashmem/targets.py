@@ -1,0 +1,108 @@
+"""`--targets self`: train on the frozen backbone's own correct solutions instead of the references.
+
+A dataset's terse reference answers can lower answer NLL while costing accuracy (the model learns
+the dataset's style and drops its own step-by-step reasoning); distilling the model's own successful
+reasoning avoids that. Each training question is sampled a few times from the plain backbone
+(memory off, temperature ~0.7, batched); a sample is kept when its final answer is correct.
+Results go to OUT/self_targets.jsonl one question per line as they are produced, so a rerun picks
+up where the last one stopped (a torn last line is ignored and redone).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .answers import is_correct
+from .backbone import Backbone
+from .config import GenerationConfig
+from .data import Example
+from .generation import generate
+from .models import format_prompt
+
+SELF_TARGETS = "self_targets.jsonl"
+
+
+@dataclass(frozen=True)
+class SelfTargetSettings:
+    samples: int = 4  # samples per question
+    temperature: float = 0.7
+    max_new_tokens: int = 256
+    batch_size: int = 16  # sequences per generate call (questions x samples)
+    seed: int = 0
+
+
+def _key(example: Example) -> str:
+    return f"{example.source}:{example.line}"
+
+
+def read_cache(path: Path) -> dict[str, dict]:
+    """Finished questions from an earlier run, keyed by source:line; a torn last line is dropped."""
+    done: dict[str, dict] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            done[record["key"]] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    with path.open("a") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sample_batch(bb: Backbone, questions: list[Example], cfg: SelfTargetSettings, seed: int) -> list[dict]:
+    """Sample cfg.samples solutions for each question in one batched generate call."""
+    tok = bb.tokenizer
+    prompts = [format_prompt(tok, ex.question) for ex in questions for _ in range(cfg.samples)]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed, use_memory=False)
+    result = generate(bb, enc["input_ids"].to(bb.device), enc["attention_mask"].to(bb.device), None, gen, monitor=False)
+    records = []
+    for q, example in enumerate(questions):
+        texts = [tok.decode(t, skip_special_tokens=True).strip() for t in result.tokens[q * cfg.samples:(q + 1) * cfg.samples]]
+        ended = [bool(t) and t[-1] == tok.eos_token_id for t in result.tokens[q * cfg.samples:(q + 1) * cfg.samples]]
+        # A solution cut off at max_new_tokens is not one the model finished: do not teach it.
+        good = [t for t, e in zip(texts, ended) if e and is_correct(t, example.final, example.kind)]
+        records.append({"key": _key(example), "tried": len(texts), "kept": sorted(set(good))})
+    return records
+
+
+def build_self_targets(bb: Backbone, examples: list[Example], out: str | Path, cfg: SelfTargetSettings) -> list[Example]:
+    """Examples whose answers are the backbone's own correct solutions (one per distinct kept sample)."""
+    path = Path(out) / SELF_TARGETS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = read_cache(path)
+    if path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n"):
+        with path.open("a") as handle:  # a torn last line: start the next record on a fresh line
+            handle.write("\n")
+    todo = [ex for ex in examples if _key(ex) not in done]
+    per_call = max(1, cfg.batch_size // cfg.samples)
+    from tqdm import tqdm
+    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="self targets", file=sys.stderr,
+               disable=not sys.stderr.isatty() and os.environ.get("FLASHMEM_PROGRESS") != "1")
+    with torch.no_grad():
+        for start in range(0, len(todo), per_call):
+            batch = todo[start:start + per_call]
+            records = _sample_batch(bb, batch, cfg, seed=cfg.seed * 1_000_003 + batch[0].line)
+            _append(path, records)
+            done.update((r["key"], r) for r in records)
+            bar.update(len(batch))
+    bar.close()
+    targets = [replace(ex, answer=text) for ex in examples for text in done[_key(ex)]["kept"]]
+    solved = sum(1 for ex in examples if done[_key(ex)]["kept"])
+    tried = sum(done[_key(ex)]["tried"] for ex in examples)
+    print(f"self targets: kept {len(targets)} of {tried} samples ({solved} of {len(examples)} questions "
+          f"solved at least once) -> {path}", file=sys.stderr)
+    return targets

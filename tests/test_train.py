@@ -1,0 +1,206 @@
+"""Training: the loss equals the inference path's NLL, only the memory learns, resume is exact,
+interrupts and time limits save cleanly, bad data is reported, self-targets are cached."""
+import json
+import os
+import signal
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
+
+from flashmem import targets, trainer
+from flashmem.backbone import Backbone
+from flashmem.batching import DataStream, epoch_order
+from flashmem.cli import main
+from flashmem.config import GenerationConfig, MemoryConfig
+from flashmem.generation import GenerationResult, RowTrace, generate
+from flashmem.memory import build_memory, load_memory
+from flashmem.models import load_backbone, tiny_model
+from flashmem.sequence import find_insertions, training_nll
+from flashmem.trainer import lr_factor
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    model = make_tiny_model_dir(root / "model")
+    data = write_jsonl(root / "data.jsonl", arithmetic_rows(16))
+    return model, data
+
+
+def train(model, data, out, *extra) -> int:
+    return main(["train", "--model", str(model), "--data", str(data), "--out", str(out), "--batch-size", "2",
+                 "--val-size", "2", "--eval-every", "2", "--min-gap", "3", *map(str, extra)])
+
+
+def losses(out) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+# ---- consistency: the trained memory is the memory used at inference -----------------------------
+@pytest.mark.parametrize("model_type,method", [("llama", "flashmem"), ("qwen3", "flashmem"), ("llama", "softprompt")])
+def test_training_loss_equals_generation_nll(model_type, method):
+    bb = Backbone(tiny_model(model_type, seed=1))
+    torch.manual_seed(0)
+    prompt, answer = torch.randint(3, 200, (12,)), torch.randint(3, 200, (30,))
+    memory = build_memory(bb, MemoryConfig(method=method, num_latents=3, budget=2, min_gap=4, threshold=float("inf")))
+    entropies = find_insertions(bb, memory, prompt, answer, with_entropy=True).entropies
+    memory.config.threshold = float(torch.tensor(entropies).quantile(0.5))  # fires often enough to test it
+    scored = training_nll(bb, memory, prompt, answer)
+    assert scored.nll.requires_grad and len(scored.insertions) == 2
+    forced = generate(bb, prompt[None], torch.ones(1, 12), memory, GenerationConfig(), forced=answer[None])
+    assert forced.traces[0].consolidations == scored.insertions
+    assert float(-forced.logprobs.sum()) == pytest.approx(float(scored.nll), abs=1e-4)
+
+
+def test_only_memory_parameters_learn(assets, tmp_path):
+    model, data = assets
+    assert train(model, data, tmp_path / "run", "--steps", 2, "--threshold", 1.0) == 0
+    hf_model, tok = load_backbone(str(model))
+    bb = Backbone(hf_model, tok, name=str(model))
+    trained = load_memory(tmp_path / "run", bb)
+    torch.manual_seed(0)
+    fresh = build_memory(bb, MemoryConfig(**{**trained.config.__dict__, "backbone": {}}))
+    changed = {k for k, v in trained.trainable_state().items() if not torch.equal(v, fresh.trainable_state()[k])}
+    assert changed and all(not k.startswith("_backbone") for k in changed)
+    assert bb.frozen()
+
+
+# ---- the command ---------------------------------------------------------------------------------
+def test_train_writes_memory_log_and_threshold(assets, tmp_path, capsys):
+    model, data = assets
+    out = tmp_path / "run"
+    assert train(model, data, out, "--steps", 2, "--save-every", 1) == 0
+    err = capsys.readouterr().err
+    assert "threshold:" in err and "85th percentile" in err and "done: step 2/2" in err
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[0] == {"step": 0, "val_loss": records[0]["val_loss"]}
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed"} <= set(records[1])
+    assert "val_loss" in records[2] and records[1]["lr"] > 0
+    config = json.loads((out / "memory_config.json").read_text())
+    assert config["threshold"] > 0 and config["min_gap"] == 3
+    assert (out / "checkpoint" / "manifest.json").is_file()
+    assert train(model, data, out, "--steps", 2) == 2  # a checkpoint is there: refuse to overwrite it
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_resume_gives_identical_losses(assets, tmp_path, monkeypatch):
+    model, data = assets
+    common = ("--steps", 6, "--save-every", 2, "--threshold", 1.0, "--lr", 1e-2)
+    straight = tmp_path / "straight"
+    assert train(model, data, straight, *common) == 0
+    crashed = tmp_path / "crashed"
+    real_log = trainer.Trainer.log
+
+    def crash_after_step_3(self, record):
+        real_log(self, record)
+        if record.get("step") == 3 and "loss" in record:
+            raise RuntimeError("power cut")
+
+    monkeypatch.setattr(trainer.Trainer, "log", crash_after_step_3)
+    with pytest.raises(RuntimeError):
+        train(model, data, crashed, *common)
+    monkeypatch.setattr(trainer.Trainer, "log", real_log)
+    assert len(losses(crashed)) == 3  # step 3 was logged, the checkpoint is from step 2
+    assert train(model, data, crashed, *common, "--resume") == 0
+    assert losses(crashed) == pytest.approx(losses(straight), abs=1e-6)
+    assert len(losses(crashed)) == 6
+    assert train(model, data, crashed, *common, "--lr", 1e-3, "--resume") == 2  # other arguments: refused
+
+
+def test_sigterm_saves_and_exits_130(assets, tmp_path, monkeypatch):
+    model, data = assets
+    real_log = trainer.Trainer.log
+
+    def terminate_at_step_1(self, record):
+        real_log(self, record)
+        if record.get("step") == 1 and "loss" in record:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer.Trainer, "log", terminate_at_step_1)
+    out = tmp_path / "run"
+    assert train(model, data, out, "--steps", 20, "--threshold", 1.0) == 130
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2  # the step in flight when the signal came is finished, then saved
+    assert (out / "memory.safetensors").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_minutes_limit_stops_cleanly(assets, tmp_path, capsys):
+    model, data = assets
+    out = tmp_path / "run"
+    assert train(model, data, out, "--steps", 50, "--minutes", 1e-6, "--threshold", 1.0) == 0
+    assert "stopped at --minutes: step 1/50" in capsys.readouterr().err
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 1
+
+
+# ---- data ----------------------------------------------------------------------------------------
+def test_long_sequences_stop_or_are_skipped_with_line(assets, tmp_path, capsys):
+    model, _ = assets
+    rows = arithmetic_rows(8)
+    rows[4] = {"question": "What is " + "1 + " * 60 + "1?", "answer": "#### 61"}
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    assert train(model, data, tmp_path / "a", "--steps", 1, "--max-length", 120, "--val-size", 0) == 2
+    assert f"{data} line 5: sequence of" in capsys.readouterr().err
+    assert train(model, data, tmp_path / "b", "--steps", 1, "--max-length", 120, "--val-size", 0,
+                 "--on-bad-data", "skip", "--threshold", 1.0) == 0
+    assert "skipped 1 of 8 examples over --max-length" in capsys.readouterr().err
+
+
+def test_malformed_line_is_reported(assets, tmp_path, capsys):
+    model, _ = assets
+    data = write_jsonl(tmp_path / "bad.jsonl", arithmetic_rows(5) + ["{not json"])
+    assert train(model, data, tmp_path / "a", "--steps", 1) == 2
+    assert "line 6" in capsys.readouterr().err
+
+
+def test_data_order_and_schedule():
+    stream = DataStream(5, seed=3)
+    first = stream.take(7)
+    assert first[:5] == epoch_order(5, 3, 0) and sorted(first[:5]) == list(range(5))
+    assert first[5:] == epoch_order(5, 3, 1)[:2]
+    again = DataStream(5, seed=3)
+    again.restore(stream.state())
+    assert again.take(3) == stream.take(3)
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1) and lr_factor(9, 100, 10) == 1.0
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5) and lr_factor(100, 100, 10) == 0.0
+
+
+# ---- self targets --------------------------------------------------------------------------------
+def _fake_generate(tokenizer, calls):
+    """Sample i of each question answers '#### 5' (right for 2 + 3 only) or '#### 0', ending with EOS."""
+
+    def fake(bb, ids, mask, memory, gen, monitor=True):
+        calls.append(ids.shape[0])
+        texts = ["2 + 3 = 5\n#### 5" if i % 2 == 0 else "#### 0" for i in range(ids.shape[0])]
+        texts[-1] = "#### 5 and more"  # cut off: no EOS, never kept
+        tokens = [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts]
+        tokens[-1] = tokens[-1][:-1]
+        return GenerationResult(tokens=tokens, traces=[RowTrace(None) for _ in texts])
+
+    return fake
+
+
+def test_self_targets_keep_correct_and_resume(assets, tmp_path, monkeypatch, capsys):
+    model, _ = assets
+    hf_model, tok = load_backbone(str(model))
+    rows = [{"question": "What is 2 + 3?", "answer": "#### 5"}, {"question": "What is 1 + 1?", "answer": "#### 2"},
+            {"question": "What is 4 + 1?", "answer": "#### 5"}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    calls = []
+    monkeypatch.setattr(targets, "generate", _fake_generate(tok, calls))
+    out = tmp_path / "run"
+    assert train(model, data, out, "--steps", 1, "--val-size", 0, "--targets", "self", "--self-samples", 2,
+                 "--threshold", 1.0) == 0
+    assert "kept 2 of 6 samples (2 of 3 questions solved" in capsys.readouterr().err
+    cache = [json.loads(line) for line in (out / "self_targets.jsonl").read_text().splitlines()]
+    assert [len(r["kept"]) for r in cache] == [1, 0, 1] and calls
+    calls.clear()
+    from flashmem.data import load_examples
+    examples, _ = load_examples(str(data))
+    kept = targets.build_self_targets(Backbone(hf_model, tok), examples, out, targets.SelfTargetSettings(samples=2))
+    assert not calls  # everything came from the cache
+    assert [e.answer for e in kept] == ["2 + 3 = 5\n#### 5"] * 2
