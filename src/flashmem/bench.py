@@ -3,7 +3,8 @@
 For each context length a prompt of exactly that many tokens of real text is decoded for N tokens
 by every method. Timing runs all methods in this one process, alternating within each repeat
 (the order rotates), and reports medians; peak memory runs each method in its own subprocess
-(`python -m flashmem.bench --worker SPEC`), reading ru_maxrss after prefill + decode per context.
+(`python -m flashmem.bench --worker SPEC`): the peak resident set of prefill + decode per context
+(Linux: VmHWM, reset before each context; elsewhere ru_maxrss).
 
 Fair schedule: both memories fire on the same fixed schedule, memory at the prompt end plus
 --consolidations more, one every new_tokens // (N + 1) steps (trigger = monitor, threshold -1:
@@ -15,6 +16,7 @@ N tokens (greedy decoding could stop at EOS); the per-step work is that of greed
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import resource
@@ -55,6 +57,7 @@ def register(sub) -> None:
                    help="consolidations per response after the prompt-end memory, same steps for both memories")
     p.add_argument("--data-dir", help="folder with gsm8k/test.jsonl (the prompt text; default ../shared/data)")
     p.add_argument("--no-memory-workers", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is far steadier on a shared machine)")
     p.add_argument("--out", required=True, metavar="FILE.json", help="results JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot per-step latency against context length")
     p.set_defaults(func=run)
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     contexts = parse_contexts(args.contexts)
     if args.new_tokens < 2 or args.repeats < 1 or args.consolidations < 0:
         raise FlashmemError("need --new-tokens >= 2, --repeats >= 1 and --consolidations >= 0")
+    set_threads(args.threads)
     bb = load(args.model, args.dtype)
     methods, notes = bench_methods(bb, args.memory, args.memgen_memory, args.consolidations, args.new_tokens)
     stream, source = bench_text(bb.tokenizer, max(contexts) + args.new_tokens, args.data_dir, bb)
@@ -76,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "settings": _settings(args, bb, methods, contexts, source, notes),
         "results": results,
         "baseline_rss_mb": {name: m.get("baseline_rss_mb") for name, m in memory.items()},
+        "peak_rss_measure": {name: m.get("measure") for name, m in memory.items()},
         "ratios": ratios(results),
     }
     atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
@@ -94,6 +99,13 @@ def parse_contexts(text: str) -> list[int]:
     if not contexts or contexts[0] < 8:
         raise FlashmemError(f"--contexts must be integers >= 8, got {text!r}")
     return contexts
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise FlashmemError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
 
 
 def load(model: str, dtype: str) -> Backbone:
@@ -190,13 +202,17 @@ class _PrefillClock(Backbone):
         return out
 
 
-def decode_once(bb: Backbone, memory: LatentMemory | None, stream: list[int], context: int, new_tokens: int) -> dict:
-    """Prefill `context` tokens, decode `new_tokens` (forced to the following text); seconds of each phase."""
+def decode_once(bb: Backbone, memory: LatentMemory | None, stream: list[int], context: int, new_tokens: int,
+                monitor: bool = False) -> dict:
+    """Prefill `context` tokens, decode `new_tokens` (forced to the following text); seconds of each phase.
+
+    monitor=True runs the entropy every step even without memory (the monitor's own cost).
+    """
     ids = torch.tensor([stream[:context]], device=bb.device)
     forced = torch.tensor([stream[context: context + new_tokens]], device=bb.device)
     clock = _PrefillClock(bb)
     start = time.perf_counter()
-    result = generate(clock, ids, torch.ones_like(ids), memory, GenerationConfig(), forced=forced, monitor=False)
+    result = generate(clock, ids, torch.ones_like(ids), memory, GenerationConfig(), forced=forced, monitor=monitor)
     end = time.perf_counter()
     trace = result.traces[0]
     return {"prefill_s": clock.marks[0] - start, "decode_s": end - clock.marks[0],
@@ -264,7 +280,8 @@ def peak_memory(args, names: list[str], contexts: list[int], notes: list[str]) -
     for name in names:
         spec = {"model": args.model, "dtype": args.dtype, "method": name, "contexts": contexts,
                 "memory": {"flashmem": args.memory, "memgen": args.memgen_memory}.get(name),
-                "new_tokens": args.new_tokens, "consolidations": args.consolidations, "data_dir": args.data_dir}
+                "new_tokens": args.new_tokens, "consolidations": args.consolidations, "data_dir": args.data_dir,
+                "threads": torch.get_num_threads()}
         print(f"bench: peak memory of {name} in its own process ...", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, "-m", "flashmem.bench", "--worker", json.dumps(spec)],
                               capture_output=True, text=True)
@@ -283,19 +300,51 @@ def rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def reset_peak_rss() -> bool:
+    """Linux: restart the kernel's peak-RSS counter (VmHWM) from the current RSS; False where impossible.
+
+    Needed because ru_maxrss never goes down: it holds the loading spike, and after fork + exec
+    even the parent's peak (Linux records the old mm's high-water mark at exec), which hid every
+    per-method difference in a first version of this benchmark.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return _proc_status_mb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def worker(spec: dict) -> dict:
-    """Load, build one method's memory, then prefill + decode each context (ascending), noting the peak."""
+    """Load and build one method, then per context (ascending): reset the peak, prefill + decode, read it."""
+    set_threads(spec.get("threads"))
     bb = load(spec["model"], spec["dtype"])
     memory = None
     if spec["method"] != "vanilla":
         memory = bench_memory(bb, spec["method"], spec["memory"], spec["consolidations"], spec["new_tokens"])
-    baseline = rss_mb()
     stream, _ = bench_text(bb.tokenizer, max(spec["contexts"]) + spec["new_tokens"], spec["data_dir"], bb)
+    gc.collect()
+    resettable = reset_peak_rss()
+    baseline = _proc_status_mb("VmRSS") if resettable else rss_mb()
     peaks = {}
     for ctx in sorted(spec["contexts"]):
+        resettable = reset_peak_rss()
         decode_once(bb, memory, stream, ctx, spec["new_tokens"])
-        peaks[str(ctx)] = rss_mb()
-    return {"method": spec["method"], "baseline_rss_mb": baseline, "peak_rss_mb": peaks}
+        peaks[str(ctx)] = _proc_status_mb("VmHWM") if resettable else rss_mb()
+    how = ("VmHWM per context after resetting it (/proc/self/clear_refs)" if resettable
+           else "ru_maxrss (cannot reset here: includes loading and the parent's peak)")
+    return {"method": spec["method"], "baseline_rss_mb": baseline, "peak_rss_mb": peaks, "measure": how}
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -317,7 +366,9 @@ def _settings(args, bb, methods, contexts, source, notes) -> dict:
         "timing": ("one process; per context, every repeat runs each method once, order rotated; median; "
                    "decode time runs from the end of prefill to the last token, consolidations included; "
                    "step_latency_ms = decode time / new_tokens"),
-        "peak_memory": "ru_maxrss of a subprocess running one method, after prefill + decode, contexts ascending",
+        "peak_memory": ("peak resident set of a subprocess running one method, per context (ascending): "
+                        "Linux VmHWM reset before each context, else ru_maxrss; baseline_rss_mb is the "
+                        "resident set after loading the model and building the memory"),
         "notes": notes,
         "machine": machine_info(),
     }

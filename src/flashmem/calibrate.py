@@ -91,7 +91,8 @@ def calibrate_threshold(
     percentile = cfg.percentile if percentile is None else percentile
     gen = GenerationConfig(max_new_tokens=max_new_tokens)
     saved = cfg.trigger_memory
-    cfg.trigger_memory = saved and cfg.threshold is not None
+    # A monitor trigger without a threshold has nothing to fire on yet: collect with it off.
+    cfg.trigger_memory = saved and (cfg.threshold is not None or cfg.trigger != "monitor")
     try:
         traces = _decode(bb, memory, examples, gen, batch_size)
     finally:

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_transformers()
     try:
         return int(args.func(args) or 0)
     except FlashmemError as err:
@@ -56,3 +57,11 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         help="alias (smollm2-135m, the embedded default), hub id, local folder or .gguf file",
     )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="backbone dtype")
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bars say what is happening; transformers' per-load bars are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -24,7 +24,7 @@ from .backbone import Backbone
 from .cli import add_model_argument
 from .config import GenerationConfig, MemoryConfig, atomic_write_text
 from .errors import FlashmemError
-from .generation import GenerationResult, generate
+from .generation import generate
 from .memory import WEIGHTS_NAME, LatentMemory, build_memory, load_memory
 from .records import RecordFile
 from .report import compare_runs, comparison_markdown, fmt, fmt_ci, machine_info, markdown_table
@@ -55,6 +55,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="first N questions only")
     p.add_argument("--batch-size", type=int, default=8, help="questions generated together (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per answer (default 256)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is far steadier on a shared machine)")
     p.add_argument("--out", required=True, metavar="FILE.json", help="summary JSON; records and markdown go beside it")
     p.add_argument("--compare", nargs="+", metavar="OTHER.json", default=[],
                    help="paired comparison of this run with other runs on the shared questions")
@@ -63,7 +64,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
+    from .bench import set_threads
     from .data import load_examples
+
+    set_threads(args.threads)
 
     examples, report = load_examples(args.data, args.split, args.data_dir)
     if report.skipped:
@@ -240,7 +244,8 @@ def answer_nll(fm: FlashMem, ex) -> tuple[float | None, int, list[int]]:
     bb, memory = fm.backbone, fm.memory
     prompt, _ = fm.encode([ex.question])
     tok = bb.tokenizer
-    answer = tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    answer = tok(ex.answer, add_special_tokens=False)["input_ids"]
+    answer += [tok.eos_token_id] if tok.eos_token_id is not None else []  # the model should also stop
     answer = torch.tensor(answer, device=bb.device)
     cfg = memory.config if memory is not None else None
     extra = 0 if cfg is None else cfg.num_latents * (1 + cfg.budget)

@@ -7,6 +7,7 @@ import sys
 from .api import FlashMem
 from .cli import add_model_argument
 from .config import GenerationConfig
+from .errors import FlashmemError
 from .trace import plot_trace, trace_record, write_trace
 
 
@@ -27,6 +28,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise FlashmemError("empty prompt")
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            top_p=args.top_p, seed=args.seed, use_memory=not args.no_memory)
     fm = FlashMem.load(args.model, memory=args.memory, dtype=args.dtype)

@@ -30,7 +30,7 @@ from .memory import build_memory, identity_mismatch
 
 THRESHOLD_EXAMPLES = 32  # training sequences whose entropies set tau before any calibration
 # Arguments that may differ on --resume because they do not change what is computed.
-FREE_ON_RESUME = {"resume", "minutes", "save_every", "eval_every", "out", "func", "command", "progress"}
+FREE_ON_RESUME = {"resume", "minutes", "save_every", "eval_every", "out", "func", "command"}
 
 
 def register(sub) -> None:
@@ -161,8 +161,11 @@ def make_accelerator():
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    # Self-target generation runs on the main process while the others wait at a barrier.
-    return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))])
+    # Without cpu=True accelerate leaves processes started by torchrun on a GPU-less machine
+    # undistributed; with it they join one gloo group. Self-target generation runs on the main
+    # process while the others wait at a barrier, hence the long timeout.
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     acc = make_accelerator()
     ckpt = open_checkpoint(args)
+    train_ex, val_ex, source = load_data(args)  # before the model: bad data fails fast
     seed_everything(args.seed)
     model, tokenizer = load_backbone(args.model, dtype=args.dtype)
     bb = Backbone(model.to(acc.device), tokenizer, name=args.model)
@@ -183,7 +187,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = memory_config(args)
     memory = build_memory(bb, config)
-    train_ex, val_ex, source = load_data(args)
     if args.targets == "self":
         from .targets import SelfTargetSettings, build_self_targets
 
@@ -200,7 +203,11 @@ def run(args: argparse.Namespace) -> int:
         trainer.restore(ckpt)
     elif config.threshold is None and config.trigger == "monitor":
         config.threshold = initial_threshold(bb, memory, train_seqs, trainer.autocast, acc)
-    return trainer.fit()
+    status = trainer.fit()
+    if acc.num_processes > 1:  # leave the gloo group cleanly, or its teardown may abort the process
+        acc.wait_for_everyone()
+        torch.distributed.destroy_process_group()
+    return status
 
 
 def initial_threshold(bb: Backbone, memory, train_seqs, autocast, acc) -> float:

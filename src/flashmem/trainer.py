@@ -11,6 +11,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -95,14 +96,13 @@ class Trainer:
             insertions += len(scored.insertions)
         stop = self.stop_signal is not None or (deadline is not None and time.monotonic() > deadline)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1).float() for g in grads] +
-                         [torch.tensor([nll, insertions, float(stop)], device=self.bb.device)])
-        flat = self._sum_across(flat)
+        flat = self._sum_across(torch.cat([g.reshape(-1).float() for g in grads]))  # one all-reduce, not one per tensor
         offset = 0
         for p, g in zip(self.params, grads):
             p.grad = flat[offset: offset + g.numel()].view_as(p).to(p.dtype)
             offset += g.numel()
-        nll, insertions, stop = flat[offset:].tolist()
+        totals = torch.tensor([nll, insertions, float(stop)], dtype=torch.float64, device=self.bb.device)
+        nll, insertions, stop = self._sum_across(totals).tolist()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -140,7 +140,7 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(ckpt.optimizer)
             self.scheduler.load_state_dict(ckpt.state["scheduler"])
-            pass  # MUT
+            self.stream.restore(ckpt.state["data"])
         except (KeyError, ValueError) as err:
             raise FlashmemError(f"checkpoint {ckpt.path} does not fit this run: {err}") from None
         set_rng_state(ckpt.state["rng"])
@@ -177,6 +177,8 @@ class Trainer:
         print(f"\n{self.stop_signal}: finishing this step, then saving (Ctrl-C again to abort)", file=sys.stderr)
 
     def _install_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # Python delivers signals to the main thread only; a caller's thread keeps its own
         return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     # ---- the loop -------------------------------------------------------------------------------
