@@ -135,3 +135,14 @@ def test_records_refuse_garbage_in_the_middle(tmp_path):
     path.write_text("\n".join([lines[0], "not json", lines[2]]) + "\n")
     with pytest.raises(FlashmemError, match="line 2"):
         RecordFile(path, {"x": 1})
+
+
+def test_memgen_inserts_at_delimiters(assets, tmp_path):
+    pytest.importorskip("flashmem.memgen")
+    out = tmp_path / "memgen.json"
+    assert eval_cli(assets, out, method="memgen", limit=2) == 0
+    summary = json.loads(out.read_text())
+    assert summary["settings"]["memory_config"]["trigger"] == "delimiter"
+    assert summary["trigger_rate"] is not None  # share of generated tokens that are delimiters
+    # The reference answers ("2 + 3 = 5.\n#### 5") hold delimiters: the NLL path inserts memory there.
+    assert all(r["nll_insertions"] for r in records_of(out))

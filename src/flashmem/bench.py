@@ -30,12 +30,12 @@ import torch
 
 from .backbone import Backbone
 from .config import GenerationConfig, MemoryConfig, atomic_write_text
+from .cli import set_threads
 from .errors import FlashmemError
 from .generation import generate
 from .memory import LatentMemory, build_memory, load_memory
-from .report import fmt, machine_info, markdown_table
+from .report import bench_markdown, machine_info, plot_latency
 
-METHODS = ("vanilla", "flashmem", "memgen")
 SCHEDULE_THRESHOLD = -1.0  # below any entropy: the budget and gap alone decide when memory is made
 WORKER_TAG = "FLASHMEM_BENCH_WORKER "
 RATIOS = (("flashmem", "vanilla"), ("flashmem", "memgen"))
@@ -57,7 +57,6 @@ def register(sub) -> None:
                    help="consolidations per response after the prompt-end memory, same steps for both memories")
     p.add_argument("--data-dir", help="folder with gsm8k/test.jsonl (the prompt text; default ../shared/data)")
     p.add_argument("--no-memory-workers", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is far steadier on a shared machine)")
     p.add_argument("--out", required=True, metavar="FILE.json", help="results JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot per-step latency against context length")
     p.set_defaults(func=run)
@@ -67,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
     contexts = parse_contexts(args.contexts)
     if args.new_tokens < 2 or args.repeats < 1 or args.consolidations < 0:
         raise FlashmemError("need --new-tokens >= 2, --repeats >= 1 and --consolidations >= 0")
-    set_threads(args.threads)
     bb = load(args.model, args.dtype)
     methods, notes = bench_methods(bb, args.memory, args.memgen_memory, args.consolidations, args.new_tokens)
     stream, source = bench_text(bb.tokenizer, max(contexts) + args.new_tokens, args.data_dir, bb)
@@ -100,12 +98,6 @@ def parse_contexts(text: str) -> list[int]:
         raise FlashmemError(f"--contexts must be integers >= 8, got {text!r}")
     return contexts
 
-
-def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        if threads < 1:
-            raise FlashmemError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
 
 
 def load(model: str, dtype: str) -> Backbone:
@@ -275,19 +267,26 @@ def _ratio(a, b):
 
 # ---- peak memory, one process per method ------------------------------------------------------
 def peak_memory(args, names: list[str], contexts: list[int], notes: list[str]) -> dict:
-    """{method: {"baseline_rss_mb", "peak_rss_mb": {context: MB}}} from one subprocess per method."""
-    out = {}
+    """{method: {"baseline_rss_mb", "peak_rss_mb": {context: MB}, "measure"}}, one subprocess per method.
+
+    The workers run side by side, one torch thread each: they measure memory, not time, and several
+    multi-threaded processes on few cores slow each other down badly.
+    """
+    procs = {}
     for name in names:
         spec = {"model": args.model, "dtype": args.dtype, "method": name, "contexts": contexts,
                 "memory": {"flashmem": args.memory, "memgen": args.memgen_memory}.get(name),
                 "new_tokens": args.new_tokens, "consolidations": args.consolidations, "data_dir": args.data_dir,
-                "threads": torch.get_num_threads()}
-        print(f"bench: peak memory of {name} in its own process ...", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, "-m", "flashmem.bench", "--worker", json.dumps(spec)],
-                              capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(WORKER_TAG)]
+                "threads": 1}
+        procs[name] = subprocess.Popen([sys.executable, "-m", "flashmem.bench", "--worker", json.dumps(spec)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    print(f"bench: peak memory of {', '.join(names)}, each in its own process ...", file=sys.stderr, flush=True)
+    out = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        lines = [ln for ln in stdout.splitlines() if ln.startswith(WORKER_TAG)]
         if proc.returncode != 0 or not lines:
-            last = (proc.stderr.strip().splitlines() or [""])[-1]
+            last = (stderr.strip().splitlines() or [""])[-1]
             notes.append(f"peak memory of {name} not measured: worker exited {proc.returncode}: {last}")
             continue
         out[name] = json.loads(lines[-1][len(WORKER_TAG):])
@@ -372,47 +371,6 @@ def _settings(args, bb, methods, contexts, source, notes) -> dict:
         "notes": notes,
         "machine": machine_info(),
     }
-
-
-def bench_markdown(report: dict) -> str:
-    rows = [[r["context"], r["method"], fmt(r["tokens_per_s"], 2), fmt(r["step_latency_ms"], 1),
-             fmt(r["peak_rss_mb"], 0), r["consolidations"]]
-            for r in sorted(report["results"], key=lambda r: (r["context"], METHODS.index(r["method"])))]
-    text = markdown_table(["context", "method", "tokens/s", "step latency ms", "peak RSS MB", "consolidations"], rows)
-    for pair, table in report["ratios"].items():
-        text += f"\n\n{pair}\n\n" + markdown_table(
-            ["context", "tokens/s", "step latency", "peak RSS", "peak RSS above load"],
-            [[ctx, fmt(r["tokens_per_s"], 3), fmt(r["step_latency"], 3), fmt(r["peak_rss"], 3),
-              fmt(r["peak_rss_above_baseline"], 3)] for ctx, r in table.items()])
-    s = report["settings"]
-    m = s["machine"]
-    text += (f"\n\n{s['model']} ({s['dtype']}), {s['new_tokens']} new tokens, median of {s['repeats']}, "
-             f"{s['consolidations']} consolidations + prompt-end memory; prompt: {s['prompt_source']}; "
-             f"machine: {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads.")
-    for note in s["notes"]:
-        text += f"\nnote: {note}"
-    return text
-
-
-def plot_latency(path: str | Path, results: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for method in METHODS:
-        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["context"])
-        if rows:
-            ax.plot([r["context"] for r in rows], [r["step_latency_ms"] for r in rows], marker="o", label=method)
-    ax.set_xlabel("context (tokens)")
-    ax.set_ylabel("per-step latency (ms)")
-    ax.set_title("Decoding latency against context")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _worker_main(argv: list[str]) -> int:

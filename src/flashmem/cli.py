@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _quiet_transformers()
     try:
+        set_threads(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except FlashmemError as err:
         print(f"flashmem {args.command}: error: {err}", file=sys.stderr)
@@ -57,6 +58,17 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         help="alias (smollm2-135m, the embedded default), hub id, local folder or .gguf file",
     )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="backbone dtype")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: torch's; 1 is far steadier on a shared machine)")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise FlashmemError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _quiet_transformers() -> None:

@@ -55,7 +55,6 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="first N questions only")
     p.add_argument("--batch-size", type=int, default=8, help="questions generated together (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per answer (default 256)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is far steadier on a shared machine)")
     p.add_argument("--out", required=True, metavar="FILE.json", help="summary JSON; records and markdown go beside it")
     p.add_argument("--compare", nargs="+", metavar="OTHER.json", default=[],
                    help="paired comparison of this run with other runs on the shared questions")
@@ -64,10 +63,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
-    from .bench import set_threads
     from .data import load_examples
-
-    set_threads(args.threads)
 
     examples, report = load_examples(args.data, args.split, args.data_dir)
     if report.skipped:
@@ -84,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
                 "data_source": report.path, "notes": notes, "machine": machine_info()}
     out = Path(args.out)
     records = RecordFile(records_path(out), identity, settings)
+    changed = [ex.line for ex in examples
+               if ex.line in records.done and records.done[ex.line].get("question_sha") != question_sha(ex.question)]
+    if changed:
+        raise FlashmemError(f"{records.path} holds other questions under the same ids (e.g. {changed[:3]}): "
+                            "the data changed since that run; use another --out")
     if records.done:
         print(f"resuming: {sum(ex.line in records.done for ex in examples)} of {len(examples)} questions "
               f"already in {records.path}", file=sys.stderr)
@@ -125,6 +126,9 @@ def _check_arguments(args) -> None:
                             "or --untrained to evaluate an untrained one as a plumbing check")
     if args.memory and args.untrained:
         raise FlashmemError("--memory and --untrained exclude each other")
+    missing = [path for path in args.compare if not Path(path).is_file()]
+    if missing:
+        raise FlashmemError(f"--compare: run not found: {', '.join(missing)}")
     if args.method == "memgen":
         import importlib.util
         if importlib.util.find_spec("flashmem.memgen") is None:

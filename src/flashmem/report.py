@@ -1,4 +1,4 @@
-"""Reporting: markdown tables, machine facts, and paired comparisons of evaluation runs.
+"""Reporting: markdown tables, machine facts, the benchmark table and plot, and paired comparisons.
 
 `compare_runs` reads the per-question records of several `flashmem eval` runs on the same data and
 compares every pair on the questions all runs answered: accuracy and answer NLL differences with a
@@ -60,6 +60,51 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# ---- the efficiency benchmark ------------------------------------------------------------------
+BENCH_METHODS = ("vanilla", "flashmem", "memgen")
+
+
+def bench_markdown(report: dict) -> str:
+    rows = [[r["context"], r["method"], fmt(r["tokens_per_s"], 2), fmt(r["step_latency_ms"], 1),
+             fmt(r["peak_rss_mb"], 0), r["consolidations"]]
+            for r in sorted(report["results"], key=lambda r: (r["context"], BENCH_METHODS.index(r["method"])))]
+    text = markdown_table(["context", "method", "tokens/s", "step latency ms", "peak RSS MB", "consolidations"], rows)
+    for pair, table in report["ratios"].items():
+        text += f"\n\n{pair}\n\n" + markdown_table(
+            ["context", "tokens/s", "step latency", "peak RSS", "peak RSS above load"],
+            [[ctx, fmt(r["tokens_per_s"], 3), fmt(r["step_latency"], 3), fmt(r["peak_rss"], 3),
+              fmt(r["peak_rss_above_baseline"], 3)] for ctx, r in table.items()])
+    s = report["settings"]
+    m = s["machine"]
+    text += (f"\n\n{s['model']} ({s['dtype']}), {s['new_tokens']} new tokens, median of {s['repeats']}, "
+             f"{s['consolidations']} consolidations + prompt-end memory; prompt: {s['prompt_source']}; "
+             f"machine: {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads.")
+    for note in s["notes"]:
+        text += f"\nnote: {note}"
+    return text
+
+
+def plot_latency(path: str | Path, results: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for method in BENCH_METHODS:
+        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["context"])
+        if rows:
+            ax.plot([r["context"] for r in rows], [r["step_latency_ms"] for r in rows], marker="o", label=method)
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("per-step latency (ms)")
+    ax.set_title("Decoding latency against context")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # ---- paired comparison of eval runs ------------------------------------------------------------
