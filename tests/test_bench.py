@@ -13,13 +13,13 @@ from flashmem.cli import main
 from flashmem.config import MemoryConfig
 from flashmem.errors import FlashmemError
 
-from tiny_assets_eval import model_dir
+from tiny_assets import make_tiny_model_dir
 
 RESULT_KEYS = {"method", "context", "tokens_per_s", "step_latency_ms", "peak_rss_mb", "consolidations"}
 
 
 def test_bench_json_schema(tmp_path, capsys):
-    model = model_dir(tmp_path / "model")
+    model = make_tiny_model_dir(tmp_path / "model")
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     argv = ["bench", "--model", str(model), "--contexts", "64,32", "--new-tokens", "4", "--repeats", "1",
             "--consolidations", "1", "--data-dir", str(tmp_path / "no-data"), "--out", str(out), "--plot", str(plot)]

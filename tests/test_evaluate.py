@@ -13,7 +13,7 @@ from flashmem.errors import FlashmemError
 from flashmem.records import RecordFile, read_records
 from flashmem.report import compare_runs, comparison_markdown
 
-from tiny_assets_eval import model_dir, question_file
+from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 # Fields that must not depend on whether a run was resumed (timings obviously do).
 STABLE = ("n", "accuracy", "nll_per_token", "nll_per_question", "consolidations_per_answer",
@@ -23,7 +23,7 @@ STABLE = ("n", "accuracy", "nll_per_token", "nll_per_question", "consolidations_
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_assets")
-    return {"model": str(model_dir(root / "model")), "data": str(question_file(root / "q.jsonl", 6))}
+    return {"model": str(make_tiny_model_dir(root / "model")), "data": str(write_jsonl(root / "q.jsonl", arithmetic_rows(6)))}
 
 
 def eval_cli(assets, out, *extra, method="flashmem", limit=4, max_new=6):

@@ -122,6 +122,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary result files
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
         handle.flush()

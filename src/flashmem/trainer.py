@@ -174,7 +174,10 @@ class Trainer:
         if self.stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now, keep the last checkpoint
         self.stop_signal = signal.Signals(signum).name
-        print(f"\n{self.stop_signal}: finishing this step, then saving (Ctrl-C again to abort)", file=sys.stderr)
+        try:
+            print(f"\n{self.stop_signal}: finishing this step, then saving (Ctrl-C again to abort)", file=sys.stderr)
+        except OSError:
+            pass  # stderr went away with whoever sent the signal; saving matters more
 
     def _install_handlers(self) -> dict:
         if threading.current_thread() is not threading.main_thread():
@@ -196,8 +199,11 @@ class Trainer:
         bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step", file=sys.stderr,
                    disable=not self.main, dynamic_ncols=True)
         try:
-            if self.step == 0 and self.val and self.args.eval_every:
-                self.log({"step": 0, "val_loss": self.validation_loss()})
+            if self.step == 0:
+                start_record = {"step": 0, "threshold": self.memory.config.threshold}
+                if self.val and self.args.eval_every:
+                    start_record["val_loss"] = self.validation_loss()
+                self.log(start_record)
             while self.step < self.total:
                 t0 = time.monotonic()
                 lr = self.scheduler.get_last_lr()[0]
