@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--mawps-limit", type=int, default=0, help="also evaluate on MAWPS: N questions (-1: all)")
     p.add_argument("--data-dir", help="folder of named datasets (default $FLASHMEM_DATA_DIR or ../shared/data)")
     p.add_argument("--steps", type=int, help="training steps per method (default: from --minutes)")
-    p.add_argument("--step-seconds", type=float, default=2.0,
+    p.add_argument("--step-seconds", type=float, default=10.0,
                    help="expected seconds per training step, used to size --steps from --minutes")
     p.add_argument("--batch-size", type=int, default=4, help="training examples per step (default 4)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
