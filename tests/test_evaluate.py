@@ -146,3 +146,19 @@ def test_memgen_inserts_at_delimiters(assets, tmp_path):
     assert summary["trigger_rate"] is not None  # share of generated tokens that are delimiters
     # The reference answers ("2 + 3 = 5.\n#### 5") hold delimiters: the NLL path inserts memory there.
     assert all(r["nll_insertions"] for r in records_of(out))
+
+
+def test_prompt_memory_only_ablation(assets, tmp_path):
+    """--prompt-memory-only keeps the prompt-end memory and makes none during decoding."""
+    from flashmem.api import FlashMem
+
+    fm = FlashMem.load(assets["model"])
+    fm.memory.config.threshold, fm.memory.config.min_gap = 0.0, 1  # fires at every allowed step
+    fm.memory.save(tmp_path / "mem")
+    base = ["eval", "--model", assets["model"], "--method", "flashmem", "--memory", str(tmp_path / "mem"),
+            "--data", assets["data"], "--limit", "2", "--batch-size", "2", "--max-new-tokens", "8"]
+    assert main(base + ["--out", str(tmp_path / "full.json")]) == 0
+    assert main(base + ["--prompt-memory-only", "--out", str(tmp_path / "prompt.json")]) == 0
+    full, prompt_only = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("full", "prompt"))
+    assert full["consolidations_per_answer"] > 0 and prompt_only["consolidations_per_answer"] == 0
+    assert full["prompt_memory_rate"] == prompt_only["prompt_memory_rate"] == 1.0

@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--memory", help="trained memory folder (from `flashmem train`)")
     p.add_argument("--untrained", action="store_true",
                    help="without --memory, evaluate an untrained memory (a plumbing check)")
+    p.add_argument("--prompt-memory-only", action="store_true",
+                   help="ablation: keep the prompt-end memory, make none during decoding")
     p.add_argument("--data", required=True, help="gsm8k, math500, mawps, a .jsonl file or a hub id")
     p.add_argument("--split", default="test", help="data split (default test)")
     p.add_argument("--data-dir", help="folder holding NAME/SPLIT.jsonl (default $FLASHMEM_DATA_DIR or ../shared/data)")
@@ -146,6 +148,9 @@ def _load_method(args) -> tuple[Backbone, LatentMemory | None, list[str]]:
         memory = load_memory(args.memory, bb)
         if memory.config.method != args.method:
             raise FlashmemError(f"memory {args.memory} is a {memory.config.method} memory, not {args.method}")
+        if args.prompt_memory_only:  # the ablation: what memory made during decoding adds
+            memory.config.trigger_memory = False
+            return bb, memory, ["prompt-end memory only (--prompt-memory-only): no memory during decoding"]
         return bb, memory, []
     torch.manual_seed(0)  # an untrained memory is the same one on every run (resume depends on it)
     if args.method == "memgen":
