@@ -105,6 +105,8 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
         method=args.method, num_latents=args.num_latents, num_layers=args.num_layers, n_sinks=args.n_sinks,
         threshold=args.threshold, percentile=args.percentile, budget=args.budget, min_gap=args.min_gap,
         trigger_memory=not args.no_trigger_memory,
+        # MemGen inserts after delimiter tokens; FlashMem and the soft prompt follow the monitor.
+        trigger="delimiter" if args.method == "memgen" else "monitor",
     )
 
 
