@@ -1,8 +1,5 @@
 """Tests for `flashmem bench`: the JSON schema on a tiny model with tiny contexts, and its pieces."""
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
 

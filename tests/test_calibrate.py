@@ -1,13 +1,10 @@
 """Calibration: tau is the percentile of decoding-step entropies, written into the memory's config;
 the pre-training threshold comes from the untrained system's answer entropies."""
 import json
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest
-from tiny_assets import arithmetic_rows, make_tiny_model_dir, one_thread, write_jsonl
+from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 from flashmem.backbone import Backbone
 from flashmem.batching import encode_examples
@@ -18,12 +15,6 @@ from flashmem.data import load_examples
 from flashmem.memory import build_memory
 from flashmem.models import load_backbone
 from flashmem.sequence import find_insertions
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

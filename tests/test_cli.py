@@ -11,7 +11,6 @@ from tiny_assets import make_tiny_model_dir
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FLASHMEM_CACHE", str(tmp_path / "cache"))
 
 

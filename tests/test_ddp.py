@@ -6,10 +6,8 @@ import socket
 import subprocess
 import sys
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import pytest
-from tiny_assets import arithmetic_rows, make_tiny_model_dir, one_thread, write_jsonl
+from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 from flashmem.backbone import Backbone
 from flashmem.cli import main
@@ -18,12 +16,6 @@ from flashmem.models import load_backbone
 
 ARGS = ["--steps", "3", "--batch-size", "3", "--val-size", "2", "--eval-every", "3", "--threshold", "1.0",
         "--lr", "1e-2", "--min-gap", "3"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 
 def _free_port() -> int:

@@ -9,7 +9,6 @@ from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FLASHMEM_CACHE", str(tmp_path / "cache"))
 
 

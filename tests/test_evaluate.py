@@ -1,8 +1,5 @@
 """Tests for `flashmem eval`: resumable records, summary and markdown, paired comparisons."""
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
 

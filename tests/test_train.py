@@ -4,11 +4,9 @@ import json
 import os
 import signal
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import pytest
 import torch
-from tiny_assets import arithmetic_rows, make_tiny_model_dir, one_thread, write_jsonl
+from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 from flashmem import targets, trainer
 from flashmem.backbone import Backbone
@@ -20,12 +18,6 @@ from flashmem.memory import build_memory, load_memory
 from flashmem.models import load_backbone, tiny_model
 from flashmem.sequence import find_insertions, training_nll
 from flashmem.trainer import lr_factor
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

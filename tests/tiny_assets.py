@@ -3,10 +3,8 @@ tokenizer (eos/pad and a chat template) and small JSONL datasets. Built in well 
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -60,15 +58,3 @@ def write_jsonl(path, rows: list) -> Path:
     path = Path(path)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
-
-
-@contextmanager
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy shared machine a second thread
-    stalls every parallel region; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
