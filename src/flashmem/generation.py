@@ -105,7 +105,7 @@ def generate(
             latents_log.append((-1, kept))
         for tr in traces:
             tr.prompt_memory = True
-    delimiters = _delimiter_mask(bb, memory) if use_memory and cfg.trigger == "delimiter" else None
+    delimiters = _delimiter_mask(bb) if use_memory and cfg.trigger == "delimiter" else None
     rng = torch.Generator().manual_seed(gen.seed) if gen.temperature > 0 else None
     eos = torch.tensor(sorted(stop_ids(bb)) or [-1], device=ids.device)
     finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
@@ -171,7 +171,7 @@ def _trim(tokens: torch.Tensor, eos: torch.Tensor | None) -> list[list[int]]:
     return rows
 
 
-def _delimiter_mask(bb: Backbone, memory: LatentMemory) -> torch.Tensor:
+def _delimiter_mask(bb: Backbone) -> torch.Tensor:
     from .delimiters import delimiter_token_mask
     return delimiter_token_mask(bb.tokenizer, bb.model.config.vocab_size).to(bb.device)
 
