@@ -109,6 +109,7 @@ def generate(
     rng = torch.Generator().manual_seed(gen.seed) if gen.temperature > 0 else None
     eos = torch.tensor(sorted(stop_ids(bb)) or [-1], device=ids.device)
     finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
+    pad = pad_id(bb)
     steps = forced.shape[1] if forced is not None else gen.max_new_tokens
     out_tokens, logprobs, step_logits = [], [], []
     for step in range(steps):
@@ -119,7 +120,7 @@ def generate(
             logprobs.append(torch.log_softmax(state.logits.float(), -1).gather(-1, token[:, None])[:, 0])
         else:
             token = choose_token(state.logits, gen, rng)
-            token = torch.where(finished, torch.full_like(token, pad_id(bb)), token)
+            token = torch.where(finished, torch.full_like(token, pad), token)
             finished = finished | torch.isin(token, eos)
         out_tokens.append(token)
         for r in range(b):
