@@ -25,11 +25,18 @@ def padded_batch(vocab: int, seed: int = 0):
 
 
 def firing_memory(bb, **overrides):
-    """An untrained consolidator that fires on most steps (low threshold, short gap)."""
+    """A consolidator that fires on most steps (low threshold, short gap).
+
+    Its zero-initialised output projection is given random weights, as training would, so the
+    latents depend on the context and every part of the consolidator gets a gradient.
+    """
     cfg = dict(threshold=0.0, min_gap=2, budget=3, num_latents=3)
     cfg.update(overrides)
     torch.manual_seed(0)
-    return build_memory(bb, MemoryConfig(**cfg))
+    memory = build_memory(bb, MemoryConfig(**cfg))
+    with torch.no_grad():
+        memory.out_proj.weight.normal_(0.0, 0.05)
+    return memory
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -159,3 +159,21 @@ def test_prompt_memory_only_ablation(assets, tmp_path):
     full, prompt_only = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("full", "prompt"))
     assert full["consolidations_per_answer"] > 0 and prompt_only["consolidations_per_answer"] == 0
     assert full["prompt_memory_rate"] == prompt_only["prompt_memory_rate"] == 1.0
+
+
+def test_nll_only_gives_the_full_runs_nll_without_accuracy(assets, tmp_path, capsys):
+    full, fast = tmp_path / "full.json", tmp_path / "fast.json"
+    assert eval_cli(assets, full) == 0
+    assert eval_cli(assets, fast, "--nll-only", "--compare", str(full)) == 0
+    a, b = json.loads(full.read_text()), json.loads(fast.read_text())
+    assert b["nll_only"] and not a["nll_only"]
+    assert b["accuracy"]["value"] is None and a["accuracy"]["value"] is not None
+    assert b["nll_per_token"] == pytest.approx(a["nll_per_token"], abs=1e-6)
+    assert [r["nll_insertions"] for r in records_of(fast)] == [r["nll_insertions"] for r in records_of(full)]
+    assert all(r["prediction"] is None and r["gen_tokens"] == 0 for r in records_of(fast))
+    pair = b["comparison"]["pairs"][0]
+    assert pair["accuracy_diff"] is None and pair["nll_diff"]["mean_diff"] == pytest.approx(0.0, abs=1e-6)
+    capsys.readouterr()
+    # The two modes record different things, so one cannot resume the other's records.
+    assert eval_cli(assets, full, "--nll-only") == 2
+    assert "nll_only: null vs now true" in capsys.readouterr().err

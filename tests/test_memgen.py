@@ -9,12 +9,12 @@ from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from flashmem.backbone import Backbone
-from flashmem.config import GenerationConfig
+from flashmem.config import GenerationConfig, MemoryConfig
 from flashmem.engine import append_tokens, consolidate, forward_chunk, prefill
 from flashmem.errors import FlashmemError
 from flashmem.generation import generate
 from flashmem.memgen import MemGenWeaver, memgen_config, reprefill
-from flashmem.memory import MemoryContext, build_memory, load_memory
+from flashmem.memory import MemoryContext, build_memory, load_memory, neutral_embedding
 from flashmem.models import tiny_model
 from flashmem.sequence import find_insertions, training_nll
 
@@ -38,10 +38,11 @@ def backbone(family: str = "llama") -> Backbone:
 def weaver(bb: Backbone, seed: int = 0, **overrides) -> MemGenWeaver:
     torch.manual_seed(seed)
     memory = build_memory(bb, memgen_config(num_latents=K, **overrides))
-    # PEFT starts LoRA B at zero (adapter = identity); a trained-looking adapter lets tests see it act.
+    # PEFT starts LoRA B at zero (adapter = identity) and the projection starts at zero (latents =
+    # the anchor); trained-looking values let tests see the adapter and the context act.
     with torch.no_grad():
         for name, p in memory.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or name == "proj.weight":
                 p.normal_(0.0, 0.05)
     return memory
 
@@ -150,7 +151,7 @@ def test_only_the_weaver_trains():
     scored.nll.backward()
     names = {n for n, p in memory.named_parameters() if p.requires_grad}
     lora = {f"lora.{i}.{t}.lora_{ab}.default.weight" for i in "01" for t in ("q_proj", "v_proj") for ab in "AB"}
-    assert names == {"queries", "proj.weight"} | lora == set(memory.trainable_state())
+    assert names == {"anchor", "queries", "proj.weight"} | lora == set(memory.trainable_state())
     for name, p in memory.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(p.grad is None and not p.requires_grad for p in bb.model.parameters())
@@ -245,3 +246,21 @@ def test_generation_with_reprefill_gives_the_same_answers():
     rebuilt = generate(bb, ids, mask, memory, forced=forced)
     assert [t.consolidations for t in rebuilt.traces] == [t.consolidations for t in plain.traces] == [[1, 4], [], [2]]
     torch.testing.assert_close(rebuilt.logprobs, plain.logprobs, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["flashmem", "softprompt", "memgen"])
+def test_every_untrained_memory_emits_the_newline_anchor(method):
+    # All methods start from the same harmless latents: K copies of the neutral embedding, on the
+    # embedding scale, whatever the context. (This word-level tokenizer splits "\n" away, so the
+    # neutral embedding is its fallback, the mean row; the real-model test checks the newline.)
+    bb = backbone()
+    torch.manual_seed(0)
+    memory = build_memory(bb, MemoryConfig(method=method, num_latents=K))
+    neutral = neutral_embedding(bb)
+    assert torch.allclose(neutral, bb.decoder.embed_tokens.weight.float().mean(0))
+    expected = neutral / neutral.norm() * bb.embedding_norm()
+    for seed in (0, 1):
+        with torch.no_grad():
+            latents = memory(context(bb, *padded_batch(seed)))
+        assert latents.shape == (3, K, bb.hidden_size)
+        assert torch.allclose(latents, expected.expand_as(latents), atol=1e-5)

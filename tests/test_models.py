@@ -16,6 +16,8 @@ from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
 from transformers import GPT2Config, PreTrainedTokenizerFast
 
 from flashmem import models
+from flashmem.backbone import Backbone
+from flashmem.memory import neutral_embedding
 from flashmem.errors import FlashmemError
 from flashmem.models import (
     SUPPORTED_MODEL_TYPES,
@@ -277,3 +279,7 @@ def test_real_smollm2(monkeypatch):
     ids = tok(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
+    # Memories start from the newline embedding (token 198 in this vocabulary).
+    newline = tok("\n", add_special_tokens=False).input_ids
+    assert newline == [198]
+    assert torch.equal(neutral_embedding(Backbone(model, tok)), model.get_input_embeddings().weight[198].float())

@@ -78,9 +78,9 @@ class Consolidator(LatentMemory):
         self.seed = SeedMLP(d)
         self.layers = nn.ModuleList(shared_kv_copy(backbone.layer(i)) for i in self.sources)
         self.out_norm = copy.deepcopy(backbone.final_norm()).requires_grad_(True)
+        # Zero-initialised: the untrained latents are the memory's harmless anchor (see memory.py).
         self.out_proj = nn.Linear(d, d, bias=False)
-        with torch.no_grad():
-            self.out_proj.weight.copy_(torch.eye(d))
+        nn.init.zeros_(self.out_proj.weight)
 
     def forward(self, ctx: MemoryContext) -> torch.Tensor:
         bb = self.backbone
@@ -94,7 +94,7 @@ class Consolidator(LatentMemory):
             for layer, src, (keys, values), lat in zip(self.layers, self.sources, cache, latent_kv):
                 x = self._layer_step(layer, bb.layer(src).self_attn, x, keys, values, visible, lat, cos, sin)
             latents.append(self.out_proj(self.out_norm(x)))
-        return self.to_embedding_scale(torch.cat(latents, dim=1))  # (B, K, d)
+        return self.emit(torch.cat(latents, dim=1), x.shape[0])  # (B, K, d)
 
     def _layer_step(self, layer, source_attn, x, keys, values, visible, lat, cos, sin) -> torch.Tensor:
         bb = self.backbone

@@ -57,6 +57,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="first N questions only")
     p.add_argument("--batch-size", type=int, default=8, help="questions generated together (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per answer (default 256)")
+    p.add_argument("--nll-only", action="store_true",
+                   help="only the reference answers' NLL, no generation (fast; accuracy is not measured)")
     p.add_argument("--out", required=True, metavar="FILE.json", help="summary JSON; records and markdown go beside it")
     p.add_argument("--compare", nargs="+", metavar="OTHER.json", default=[],
                    help="paired comparison of this run with other runs on the shared questions")
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming: {sum(ex.line in records.done for ex in examples)} of {len(examples)} questions "
               f"already in {records.path}", file=sys.stderr)
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    evaluate(fm, examples, gen, args.batch_size, records, label=args.method)
+    evaluate(fm, examples, gen, args.batch_size, records, label=args.method, nll_only=args.nll_only)
     summary = summarize([records.done[ex.line] for ex in examples], settings)
     summary["records_file"] = records.path.name
     text = summary_markdown(summary)
@@ -183,6 +185,8 @@ def _identity(args, bb: Backbone, memory: LatentMemory | None) -> dict:
     identity = {"model": args.model, "model_fingerprint": model_identity(bb.model, bb.name)["fingerprint"],
                 "dtype": args.dtype, "method": args.method, "data": args.data, "split": args.split,
                 "max_new_tokens": args.max_new_tokens, "prompt": "chat template, greedy"}
+    if args.nll_only:  # only then, so records written before the option existed still resume
+        identity["nll_only"] = True
     if memory is not None:
         cfg = {k: v for k, v in asdict(memory.config).items() if k != "version"}
         identity["memory_config"] = cfg
@@ -196,7 +200,7 @@ def _file_digest(path: Path) -> str:
 
 # ---- the evaluation loop -----------------------------------------------------------------------
 def evaluate(fm: FlashMem, examples, gen: GenerationConfig, batch_size: int, records: RecordFile,
-             label: str = "", progress: bool = True) -> None:
+             label: str = "", progress: bool = True, nll_only: bool = False) -> None:
     """Generate and score every example not yet in `records`, appending a batch at a time."""
     from tqdm import tqdm
 
@@ -204,15 +208,16 @@ def evaluate(fm: FlashMem, examples, gen: GenerationConfig, batch_size: int, rec
     done_here = [records.done[ex.line] for ex in examples if ex.line in records.done]
     bar = tqdm(total=len(examples), initial=len(done_here), desc=f"eval {label}", unit="q",
                file=sys.stderr, disable=not progress)
-    correct = sum(bool(r["correct"]) for r in done_here)
+    correct = sum(bool(r["correct"]) for r in done_here if r["correct"] is not None)
     try:
         for start in range(0, len(todo), batch_size):
             batch = todo[start: start + batch_size]
-            rows = score_batch(fm, batch, gen)
+            rows = [nll_record(fm, ex) for ex in batch] if nll_only else score_batch(fm, batch, gen)
             records.append(rows)
-            correct += sum(r["correct"] for r in rows)
             bar.update(len(rows))
-            bar.set_postfix(acc=f"{correct / bar.n:.3f}")
+            if not nll_only:
+                correct += sum(r["correct"] for r in rows)
+                bar.set_postfix(acc=f"{correct / bar.n:.3f}")
     finally:
         bar.close()
 
@@ -242,6 +247,18 @@ def score_batch(fm: FlashMem, batch, gen: GenerationConfig) -> list[dict]:
             "gen_seconds": gen_seconds, "nll_seconds": time.perf_counter() - start,
         })
     return rows
+
+
+def nll_record(fm: FlashMem, ex) -> dict:
+    """A record with the reference answer's NLL only (--nll-only): no generation, accuracy None."""
+    start = time.perf_counter()
+    nll = answer_nll(fm, ex)
+    return {
+        "id": ex.line, "question_sha": question_sha(ex.question), "final": ex.final, "prediction": None,
+        "correct": None, "nll": nll[0], "nll_tokens": nll[1], "nll_insertions": nll[2], "gen_tokens": 0,
+        "consolidations": None, "prompt_memory": None, "decode_steps": 0, "trigger_steps": None,
+        "gen_seconds": 0.0, "nll_seconds": time.perf_counter() - start,
+    }
 
 
 def question_sha(question: str) -> str:
@@ -283,8 +300,9 @@ def summarize(records: list[dict], settings: dict) -> dict:
     if not records:
         raise FlashmemError("no questions were evaluated")
     n = len(records)
-    correct = sum(bool(r["correct"]) for r in records)
-    acc, lo, hi = proportion_ci(correct, n)
+    generated = all(r["correct"] is not None for r in records)  # False for --nll-only runs
+    correct = sum(bool(r["correct"]) for r in records) if generated else None
+    acc, lo, hi = proportion_ci(correct, n) if generated else (None, None, None)
     scored = [r for r in records if r.get("nll") is not None]
     nll_tokens = sum(r["nll_tokens"] for r in scored)
     per_q = [r["nll"] / r["nll_tokens"] for r in scored if r["nll_tokens"]]
@@ -299,11 +317,13 @@ def summarize(records: list[dict], settings: dict) -> dict:
         "accuracy": {"value": acc, "lo": lo, "hi": hi, "correct": correct, "n": n},
         "nll_per_token": sum(r["nll"] for r in scored) / nll_tokens if nll_tokens else None,
         "nll_per_question": {"mean": q_mean, "lo": _finite(q_lo), "hi": _finite(q_hi), "n": len(per_q)},
-        "consolidations_per_answer": sum(r["consolidations"] for r in records) / n,
-        "prompt_memory_rate": sum(bool(r["prompt_memory"]) for r in records) / n,
+        "nll_insertions_per_answer": sum(len(r["nll_insertions"]) for r in scored) / len(scored) if scored else None,
+        "consolidations_per_answer": sum(r["consolidations"] for r in records) / n if generated else None,
+        "prompt_memory_rate": sum(bool(r["prompt_memory"]) for r in records) / n if generated else None,
         "trigger_rate": sum(r["trigger_steps"] for r in watched) / steps if steps else None,
         "generated_tokens": {"total": gen_tokens, "mean": gen_tokens / n},
         "tokens_per_s": gen_tokens / gen_seconds if gen_seconds > 0 else None,
+        "nll_only": not generated,
         "seconds_per_question": sum(r["gen_seconds"] + r["nll_seconds"] for r in records) / n,
     }
 

@@ -9,7 +9,8 @@ whole context is re-encoded at every insertion: that cost is what the benchmark 
 The base weights are shared, never copied, and the backbone is never changed for good: the LoRA
 wrappers live here and are swapped into the attention modules only while weaving, and swapped out
 on every exit path. Outside a weave the reasoner is exactly the frozen backbone (same modules, same
-parameters, same outputs). Only the adapter, the queries and the projection train and are saved.
+parameters, same outputs). Only the adapter, the queries, the projection and the
+shared anchor (memory.py) train and are saved.
 
 MemGen inserts after the prompt and after tokens ending in ',', '.' or a newline, within a budget:
 `memgen_config()` gives that policy; `reprefill()` is MemGen's rebuild of the reasoner's cache.
@@ -88,9 +89,9 @@ class MemGenWeaver(LatentMemory):
         # Queries start on the embedding scale in random directions, so the untrained weaver reads
         # them like ordinary (if unfamiliar) tokens.
         self.queries = nn.Parameter(torch.randn(config.num_latents, d) / d ** 0.5 * backbone.embedding_norm())
+        # Zero-initialised like FlashMem's output projection: both start from the same harmless anchor.
         self.proj = nn.Linear(d, d, bias=False)
-        with torch.no_grad():
-            self.proj.weight.copy_(torch.eye(d))  # identity: the untrained latents are the weaver's states
+        nn.init.zeros_(self.proj.weight)
 
     @contextmanager
     def adapter_on(self):
@@ -116,7 +117,7 @@ class MemGenWeaver(LatentMemory):
         with self.adapter_on():
             # A fresh cache each time: MemGen's weaver keeps nothing between insertions.
             out = bb.forward(embeds, bb.new_cache(), positions, mask)
-        return self.to_embedding_scale(self.proj(out.hidden[:, -k:]))  # (B, K, d)
+        return self.emit(self.proj(out.hidden[:, -k:]), b)  # (B, K, d)
 
 
 def reprefill(bb: Backbone, inputs: torch.Tensor, mask: torch.Tensor) -> tuple[object, StepOutput]:

@@ -203,8 +203,10 @@ def _per_token(record: dict) -> float | None:
 
 def _run_row(label: str, run: dict, shared: list) -> dict:
     recs = [run["records"][q] for q in shared]
-    correct = sum(bool(r["correct"]) for r in recs)
-    acc, lo, hi = proportion_ci(correct, len(recs))
+    if _generated(recs):
+        acc, lo, hi = proportion_ci(sum(bool(r["correct"]) for r in recs), len(recs))
+    else:  # an --nll-only run has no accuracy
+        acc, lo, hi = None, None, None
     scored = [r for r in recs if r.get("nll") is not None]
     tokens = sum(r["nll_tokens"] for r in scored)
     return {"label": label, "path": run["path"], "method": run["settings"].get("method"), "n": len(recs),
@@ -212,16 +214,23 @@ def _run_row(label: str, run: dict, shared: list) -> dict:
             "nll_per_token": sum(r["nll"] for r in scored) / tokens if tokens else None}
 
 
+def _generated(records: list[dict]) -> bool:
+    return all(r.get("correct") is not None for r in records)
+
+
 def _pair(label_a: str, label_b: str, a: dict, b: dict, shared: list, n_boot: int, seed: int) -> dict:
-    acc_a = np.array([float(a["records"][q]["correct"]) for q in shared])
-    acc_b = np.array([float(b["records"][q]["correct"]) for q in shared])
+    recs_a, recs_b = [a["records"][q] for q in shared], [b["records"][q] for q in shared]
+    accuracy = None
+    if _generated(recs_a) and _generated(recs_b):
+        accuracy = paired_bootstrap(np.array([float(r["correct"]) for r in recs_b]),
+                                    np.array([float(r["correct"]) for r in recs_a]), n_boot=n_boot, seed=seed)
     nll_ids = [q for q in shared if _per_token(a["records"][q]) is not None
                and _per_token(b["records"][q]) is not None]
     nll_a = np.array([_per_token(a["records"][q]) for q in nll_ids])
     nll_b = np.array([_per_token(b["records"][q]) for q in nll_ids])
     return {
         "a": label_a, "b": label_b, "n": len(shared), "n_nll": len(nll_ids),
-        "accuracy_diff": paired_bootstrap(acc_b, acc_a, n_boot=n_boot, seed=seed),
+        "accuracy_diff": accuracy,
         "nll_diff": paired_bootstrap(nll_b, nll_a, n_boot=n_boot, seed=seed) if nll_ids else None,
     }
 

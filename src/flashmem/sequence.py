@@ -8,12 +8,12 @@ equals what generation.generate assigns to the same tokens with forced decoding 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .backbone import Backbone
-from .engine import append_tokens, chunk_entropy, consolidate, drop_last, forward_chunk, prefill, room_for
+from .engine import DecodeState, append_tokens, chunk_entropy, consolidate, drop_last, forward_chunk, prefill, room_for
 from .memory import LatentMemory
 from .monitor import TriggerState, first_trigger, record_fire
 
@@ -32,35 +32,51 @@ def find_insertions(
 ) -> ScoredAnswer:
     """Score an answer (no grad) while letting the trigger decide where memory goes."""
     with torch.no_grad():
-        return _run(bb, memory, prompt, answer, insertions=None, with_entropy=with_entropy)
+        return _run(bb, memory, _encode_prompt(bb, memory, prompt), answer, None, with_entropy)
 
 
 def score_with_insertions(
     bb: Backbone, memory: LatentMemory | None, prompt: torch.Tensor, answer: torch.Tensor, insertions: list[int]
 ) -> ScoredAnswer:
     """Score an answer with memory after the given answer indices (differentiable in the memory)."""
-    return _run(bb, memory, prompt, answer, insertions=list(insertions), with_entropy=False)
+    return _run(bb, memory, _encode_prompt(bb, memory, prompt), answer, list(insertions), False)
 
 
 def training_nll(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor, answer: torch.Tensor) -> ScoredAnswer:
-    """Where the trigger fires is not differentiable: find it without grad, then score with grad."""
+    """Where the trigger fires is not differentiable: find it without grad, then score with grad.
+
+    The prompt is encoded once: the search only appends to its cache, so cutting the cache back to
+    the prompt and restoring the state's small tensors gives the scoring pass the same start.
+    """
     cfg = memory.config
+    state = _encode_prompt(bb, memory, prompt)
+    insertions: list[int] = []
     if cfg.trigger_memory and cfg.budget > 0:
-        insertions = find_insertions(bb, memory, prompt, answer).insertions
-    else:
-        insertions = []
-    return score_with_insertions(bb, memory, prompt, answer, insertions)
+        start = replace(state)  # the tensors are replaced, never changed in place, as the state grows
+        with torch.no_grad():
+            insertions = _run(bb, memory, state, answer, None, False).insertions
+        bb.crop(start.cache, start.length)
+        state = start
+    return _run(bb, memory, state, answer, insertions, False)
 
 
-def _run(bb, memory, prompt, answer, insertions, with_entropy) -> ScoredAnswer:
-    """prompt (T,), answer (N,) token ids of one example; insertions None means: let the trigger decide."""
+def _encode_prompt(bb: Backbone, memory: LatentMemory | None, prompt: torch.Tensor) -> DecodeState:
+    """The decoding state after the prompt (T,): a batch of one, no padding. The backbone is frozen,
+    so this needs no graph."""
+    ids = prompt[None]
+    with torch.no_grad():
+        state, _ = prefill(bb, ids, torch.ones_like(ids), memory.config.n_sinks if memory is not None else 4)
+    return state
+
+
+def _run(bb, memory, state, answer, insertions, with_entropy) -> ScoredAnswer:
+    """Continue from the prompt's state over answer (N,); insertions None means: let the trigger decide."""
     cfg = memory.config if memory is not None else None
     decide = insertions is None and cfg is not None and cfg.trigger_memory and cfg.budget > 0
     watch = with_entropy or (decide and cfg.trigger == "monitor")
     if decide and cfg.trigger == "monitor" and cfg.threshold is None:
         raise ValueError("memory has no threshold: calibrate it or set config.threshold")
-    ids = prompt[None]
-    state, _ = prefill(bb, ids, torch.ones_like(ids), cfg.n_sinks if cfg else 4)
+    ids = state.ids
     one = torch.ones(1, dtype=torch.bool, device=ids.device)
     if cfg is not None and cfg.prompt_memory:
         consolidate(bb, memory, state, one)
