@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from flashmem.stats import mean_ci, paired_bootstrap, percentile, proportion_ci
+from flashmem.stats import mean_ci, paired_bootstrap, paired_relative_change, percentile, proportion_ci
 
 
 def test_wilson_five_of_ten():
@@ -80,3 +80,17 @@ def test_percentile():
         percentile([1, 2], 101)
     with pytest.raises(ValueError):
         percentile([], 50)
+
+
+def test_relative_change_of_paired_means():
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    exact = paired_relative_change(0.9 * a, a, n_boot=500)  # every question 10% lower: no spread
+    assert exact["change"] == pytest.approx(-0.1) and exact["lo"] == pytest.approx(-0.1)
+    assert exact["hi"] == pytest.approx(-0.1)
+    rng = np.random.default_rng(1)
+    noisy = a * (1.0 + rng.normal(0.0, 0.05, a.size)) + 0.5
+    r = paired_relative_change(noisy, a, n_boot=2000)
+    assert r["change"] == pytest.approx(noisy.mean() / a.mean() - 1.0)
+    assert r["lo"] < r["change"] < r["hi"]
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_relative_change(a, a[:3])

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import FlashmemError
 from .records import read_records
-from .stats import paired_bootstrap, proportion_ci
+from .stats import paired_bootstrap, paired_relative_change, proportion_ci
 
 
 def machine_info() -> dict:
@@ -162,14 +162,17 @@ def comparison_markdown(comparison: dict) -> str:
           fmt(r["nll_per_token"])] for r in comparison["runs"]],
     )
     pairs = markdown_table(
-        ["B - A", "n", "accuracy diff [95% CI]", "p", "n (NLL)", "NLL/token diff [95% CI]", "p"],
+        ["B - A", "n", "accuracy diff [95% CI]", "p", "n (NLL)", "NLL/token diff [95% CI]", "p",
+         "NLL change B/A [95% CI]"],
         [[f"{p['b']} - {p['a']}", p["n"], _diff_cell(p["accuracy_diff"], percent=True),
           fmt(_get(p["accuracy_diff"], "p_value_two_sided")), p["n_nll"], _diff_cell(p["nll_diff"]),
-          fmt(_get(p["nll_diff"], "p_value_two_sided"))] for p in comparison["pairs"]],
+          fmt(_get(p["nll_diff"], "p_value_two_sided")), _relative_cell(p.get("nll_relative"))]
+         for p in comparison["pairs"]],
     )
     head = (f"Paired comparison on {comparison['n_shared']} shared questions of "
             f"{comparison['data']} ({comparison['split']}); paired bootstrap over questions. "
-            "Accuracy diff in points; NLL diff in nats/token (negative: B assigns the reference higher likelihood).")
+            "Accuracy diff in points; NLL diff in nats/token (negative: B assigns the reference higher likelihood); "
+            "NLL change: B's mean per-question NLL/token relative to A's.")
     return f"{head}\n\n{runs}\n\n{pairs}"
 
 
@@ -232,11 +235,19 @@ def _pair(label_a: str, label_b: str, a: dict, b: dict, shared: list, n_boot: in
         "a": label_a, "b": label_b, "n": len(shared), "n_nll": len(nll_ids),
         "accuracy_diff": accuracy,
         "nll_diff": paired_bootstrap(nll_b, nll_a, n_boot=n_boot, seed=seed) if nll_ids else None,
+        # B's mean per-question NLL/token relative to A's: -0.10 is "10% lower".
+        "nll_relative": paired_relative_change(nll_b, nll_a, n_boot=n_boot, seed=seed) if nll_ids else None,
     }
 
 
 def _get(d: dict | None, key: str):
     return None if d is None else d.get(key)
+
+
+def _relative_cell(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r['change'] * 100:+.1f}% [{r['lo'] * 100:+.1f}, {r['hi'] * 100:+.1f}]"
 
 
 def _diff_cell(d: dict | None, percent: bool = False) -> str:
