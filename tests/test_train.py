@@ -206,3 +206,11 @@ def test_self_targets_keep_correct_and_resume(assets, tmp_path, monkeypatch, cap
     kept = targets.build_self_targets(Backbone(hf_model, tok), examples, out, targets.SelfTargetSettings(samples=2))
     assert not calls  # everything came from the cache
     assert [e.answer for e in kept] == ["2 + 3 = 5\n#### 5"] * 2
+
+
+def test_held_out_loss_is_also_taken_at_the_last_step(assets, tmp_path):
+    model, data = assets
+    out = tmp_path / "run"
+    assert train(model, data, out, "--steps", 3, "--eval-every", 2) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [0, 2, 3]

@@ -214,7 +214,9 @@ class Trainer:
                           "tokens": result.tokens, "answer_tokens": result.answer_tokens,
                           "tokens_per_s": result.tokens / max(time.monotonic() - t0, 1e-9),
                           "insertions": result.insertions, "elapsed": self.elapsed_before + elapsed}
-                if self.val and self.args.eval_every and self.step % self.args.eval_every == 0:
+                # Every eval_every steps, and at the end (last step or --minutes, not a signal: that must be quick).
+                last = self.step == self.total or (result.stop and self.stop_signal is None)
+                if self.val and self.args.eval_every and (self.step % self.args.eval_every == 0 or last):
                     record["val_loss"] = self.validation_loss()
                 self.log(record)
                 bar.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}",
