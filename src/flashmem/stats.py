@@ -58,6 +58,17 @@ def proportion_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, floa
     return p, lo, hi
 
 
+def _paired(a, b, n_boot: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two paired samples as arrays, after checking them and the bootstrap settings."""
+    x, y = _as_array(a, "a"), _as_array(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired arrays differ in length: {x.size} vs {y.size}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    _z(confidence)  # validates confidence
+    return x, y
+
+
 def paired_bootstrap(
     a: Sequence[float] | np.ndarray,
     b: Sequence[float] | np.ndarray,
@@ -71,12 +82,7 @@ def paired_bootstrap(
     share of resampled means at least as far from the observed mean as the observed mean is
     from zero (the resampling distribution shifted to the null), with the usual +1 correction.
     """
-    x, y = _as_array(a, "a"), _as_array(b, "b")
-    if x.shape != y.shape:
-        raise ValueError(f"paired arrays differ in length: {x.size} vs {y.size}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
-    _z(confidence)  # validates confidence
+    x, y = _paired(a, b, n_boot, confidence)
     diff = x - y
     observed = float(diff.mean())
     rng = np.random.default_rng(seed)
@@ -111,12 +117,9 @@ def paired_relative_change(
     The questions are resampled together, so the interval accounts for the pairing. "Memory lowers
     the answer NLL by 10%" is this value at -0.10.
     """
-    x, y = _as_array(a, "a"), _as_array(b, "b")
-    if x.shape != y.shape:
-        raise ValueError(f"paired arrays differ in length: {x.size} vs {y.size}")
+    x, y = _paired(a, b, n_boot, confidence)
     if y.mean() == 0:
         raise ValueError("the reference mean is zero: a relative change is undefined")
-    _z(confidence)  # validates confidence
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, size=(n_boot, x.size))
     ratios = x[idx].mean(axis=1) / y[idx].mean(axis=1) - 1.0
