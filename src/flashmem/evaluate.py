@@ -27,7 +27,7 @@ from .errors import FlashmemError
 from .generation import generate
 from .memory import WEIGHTS_NAME, LatentMemory, build_memory, load_memory
 from .records import RecordFile
-from .report import compare_runs, comparison_markdown, fmt, fmt_ci, machine_info, markdown_table
+from .report import compare_runs, comparison_markdown, fmt, fmt_ci, has_accuracy, machine_info, markdown_table
 from .sequence import find_insertions
 from .stats import mean_ci, proportion_ci
 
@@ -300,7 +300,7 @@ def summarize(records: list[dict], settings: dict) -> dict:
     if not records:
         raise FlashmemError("no questions were evaluated")
     n = len(records)
-    generated = all(r["correct"] is not None for r in records)  # False for --nll-only runs
+    generated = has_accuracy(records)  # False for --nll-only runs
     correct = sum(bool(r["correct"]) for r in records) if generated else None
     acc, lo, hi = proportion_ci(correct, n) if generated else (None, None, None)
     scored = [r for r in records if r.get("nll") is not None]

@@ -67,9 +67,8 @@ class LatentMemory(nn.Module):
 
     def emit(self, delta: torch.Tensor | None, batch: int) -> torch.Tensor:
         """(B, K, d) latents: anchor + delta (delta (B, K, d) or None), on the embedding scale."""
-        anchor = self.anchor.to(self.embed_scale.dtype if delta is None else delta.dtype)
-        vectors = anchor.unsqueeze(0).expand(batch, -1, -1)
-        return self.to_embedding_scale(vectors if delta is None else vectors + delta)
+        vectors = self.anchor.expand(batch, -1, -1) if delta is None else self.anchor.to(delta.dtype) + delta
+        return self.to_embedding_scale(vectors)
 
     @property
     def backbone(self) -> Backbone:

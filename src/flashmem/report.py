@@ -206,7 +206,7 @@ def _per_token(record: dict) -> float | None:
 
 def _run_row(label: str, run: dict, shared: list) -> dict:
     recs = [run["records"][q] for q in shared]
-    if _generated(recs):
+    if has_accuracy(recs):
         acc, lo, hi = proportion_ci(sum(bool(r["correct"]) for r in recs), len(recs))
     else:  # an --nll-only run has no accuracy
         acc, lo, hi = None, None, None
@@ -217,14 +217,15 @@ def _run_row(label: str, run: dict, shared: list) -> dict:
             "nll_per_token": sum(r["nll"] for r in scored) / tokens if tokens else None}
 
 
-def _generated(records: list[dict]) -> bool:
+def has_accuracy(records: list[dict]) -> bool:
+    """Whether these eval records were generated and scored (an --nll-only run's are not)."""
     return all(r.get("correct") is not None for r in records)
 
 
 def _pair(label_a: str, label_b: str, a: dict, b: dict, shared: list, n_boot: int, seed: int) -> dict:
     recs_a, recs_b = [a["records"][q] for q in shared], [b["records"][q] for q in shared]
     accuracy = None
-    if _generated(recs_a) and _generated(recs_b):
+    if has_accuracy(recs_a) and has_accuracy(recs_b):
         accuracy = paired_bootstrap(np.array([float(r["correct"]) for r in recs_b]),
                                     np.array([float(r["correct"]) for r in recs_a]), n_boot=n_boot, seed=seed)
     nll_ids = [q for q in shared if _per_token(a["records"][q]) is not None
