@@ -217,6 +217,33 @@ def test_reprefill_rebuilds_the_incremental_cache():
     torch.testing.assert_close(keys[real], live[real], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["flashmem", "memgen", "softprompt"])
+def test_only_firing_rows_are_consolidated(method):
+    """A consolidation for some rows runs the memory on those rows alone, with the same result."""
+    bb = backbone()
+    if method == "memgen":
+        memory = weaver(bb)
+    else:
+        torch.manual_seed(0)
+        memory = build_memory(bb, MemoryConfig(method=method, num_latents=K))
+        with torch.no_grad():
+            for p in memory.parameters():
+                p.add_(torch.randn_like(p) * 0.05)  # trained-looking: the context part is not zero
+    seen = []
+    memory.register_forward_pre_hook(lambda _, args: seen.append(args[0].hidden.shape[0]))
+    ids, mask = padded_batch()
+    every, some = torch.ones(3, dtype=torch.bool), torch.tensor([True, False, True])
+    with torch.no_grad():
+        full_state, _ = prefill(bb, ids, mask, 4)
+        full = consolidate(bb, memory, full_state, every, keep_latents=True)
+        part_state, _ = prefill(bb, ids, mask, 4)
+        part = consolidate(bb, memory, part_state, some, keep_latents=True)
+    assert seen == [3, 2]
+    torch.testing.assert_close(part[some], full[some], atol=1e-5, rtol=1e-5)
+    assert torch.equal(part[1], torch.zeros_like(part[1])) and part_state.mask[1, -K:].sum() == 0
+    torch.testing.assert_close(part_state.logits[some], full_state.logits[some], atol=1e-5, rtol=1e-5)
+
+
 def test_memgen_config_defaults_and_overrides():
     cfg = memgen_config()
     assert (cfg.method, cfg.trigger, cfg.budget, cfg.min_gap, cfg.prompt_memory) == ("memgen", "delimiter", 3, 1, True)

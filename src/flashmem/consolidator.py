@@ -85,7 +85,7 @@ class Consolidator(LatentMemory):
     def forward(self, ctx: MemoryContext) -> torch.Tensor:
         bb = self.backbone
         visible = ctx.mask.bool()
-        cache = [bb.cache_kv(ctx.cache, i) for i in self.sources]
+        cache = [ctx.cache_kv(i) for i in self.sources]
         latent_kv: list[list[list[torch.Tensor]]] = [[[], []] for _ in self.layers]
         x = self.seed(ctx.hidden.to(self.out_proj.weight.dtype)).unsqueeze(1)  # (B, 1, d)
         latents = []

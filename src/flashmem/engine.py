@@ -96,7 +96,14 @@ def consolidate(
 ) -> torch.Tensor | None:
     """Make latents from the current state and inject them for `rows`; the next logits follow them."""
     ctx = MemoryContext(bb, state.cache, state.mask, state.positions, state.hidden, state.ids, state.ids_mask)
-    latents = memory(ctx)  # (B, K, d)
+    if bool(rows.all()):
+        latents = memory(ctx)  # (B, K, d)
+    else:
+        # Only the rows that fire pay for a memory (MemGen re-encodes a row's whole context); the
+        # others get masked slots, so the zeros standing in for their latents are never seen.
+        index = rows.nonzero().squeeze(-1)
+        picked = memory(ctx.select(index))
+        latents = picked.new_zeros(rows.shape[0], *picked.shape[1:]).index_copy(0, index, picked)
     out = forward_chunk(bb, state, latents, rows)
     pick = rows[:, None]
     state.logits = torch.where(pick, out.logits[:, -1], state.logits)

@@ -32,6 +32,20 @@ class MemoryContext:
     hidden: torch.Tensor  # (B, d) last-layer hidden state (after the final norm) of the newest token
     ids: torch.Tensor  # (B, T_ids) token ids so far, left-padded (MemGen's weaver re-reads them)
     ids_mask: torch.Tensor  # (B, T_ids)
+    rows: torch.Tensor | None = None  # (B,) the cache's batch rows this context covers; None: all
+
+    def cache_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, n_kv, T, D) of one cached layer, for this context's rows only."""
+        keys, values = self.backbone.cache_kv(self.cache, layer)
+        return (keys, values) if self.rows is None else (keys[self.rows], values[self.rows])
+
+    def select(self, rows: torch.Tensor) -> MemoryContext:
+        """The same state for the batch rows `rows` (R,) only; id columns padded in all of them are dropped."""
+        ids_mask = self.ids_mask[rows]
+        first = int(ids_mask.any(0).long().argmax())  # ids are left-padded: leading columns only
+        cache_rows = rows if self.rows is None else self.rows[rows]
+        return MemoryContext(self.backbone, self.cache, self.mask[rows], self.positions[rows], self.hidden[rows],
+                             self.ids[rows, first:], ids_mask[:, first:], cache_rows)
 
 
 def neutral_embedding(backbone: Backbone) -> torch.Tensor:
