@@ -14,7 +14,7 @@ from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 # Fields that must not depend on whether a run was resumed (timings obviously do).
 STABLE = ("n", "accuracy", "nll_per_token", "nll_per_question", "consolidations_per_answer",
-          "prompt_memory_rate", "trigger_rate", "generated_tokens")
+          "prompt_memory_rate", "trigger_rate", "generated_tokens", "at_token_limit")
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,8 @@ def test_summary_markdown_and_compare(assets, tmp_path, capsys):
     assert 0.0 <= summary["trigger_rate"] <= 1.0  # softprompt fires on the monitor
     assert summary["generated_tokens"]["total"] == sum(r["gen_tokens"] for r in records_of(softprompt))
     assert summary["tokens_per_s"] > 0 and summary["seconds_per_question"] > 0
+    capped = [r["gen_tokens"] >= summary["settings"]["max_new_tokens"] for r in records_of(softprompt)]
+    assert summary["at_token_limit"] == sum(capped) / 4
     settings = summary["settings"]
     assert settings["method"] == "softprompt" and settings["memory"] == "untrained"
     assert {"platform", "cpu_count", "torch_threads"} <= set(settings["machine"])

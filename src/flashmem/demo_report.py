@@ -20,9 +20,9 @@ def results_table(summaries: list[dict]) -> str:
         acc = s["accuracy"]
         rows.append([s["settings"]["method"], s["n"], fmt_ci(acc["value"], acc["lo"], acc["hi"], percent=True),
                      fmt(s["nll_per_token"]), fmt(s["consolidations_per_answer"], 2), fmt(s["trigger_rate"]),
-                     fmt(s["generated_tokens"]["mean"], 1), fmt(s["tokens_per_s"], 1)])
+                     fmt(s["generated_tokens"]["mean"], 1), fmt(s.get("at_token_limit")), fmt(s["tokens_per_s"], 1)])
     return markdown_table(["method", "n", "accuracy [95% CI]", "answer NLL/token", "consolidations/answer",
-                           "trigger rate", "tokens/answer", "tokens/s"], rows)
+                           "trigger rate", "tokens/answer", "at token limit", "tokens/s"], rows)
 
 
 def bench_table(bench: dict) -> str:

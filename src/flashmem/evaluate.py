@@ -322,6 +322,10 @@ def summarize(records: list[dict], settings: dict) -> dict:
         "prompt_memory_rate": sum(bool(r["prompt_memory"]) for r in records) / n if generated else None,
         "trigger_rate": sum(r["trigger_steps"] for r in watched) / steps if steps else None,
         "generated_tokens": {"total": gen_tokens, "mean": gen_tokens / n},
+        # Answers cut by --max-new-tokens: a cap that cuts one method's answers more than another's
+        # decides part of their accuracy difference.
+        "at_token_limit": (sum(r["gen_tokens"] >= settings["max_new_tokens"] for r in records) / n
+                           if generated else None),
         "tokens_per_s": gen_tokens / gen_seconds if gen_seconds > 0 else None,
         "nll_only": not generated,
         "seconds_per_question": sum(r["gen_seconds"] + r["nll_seconds"] for r in records) / n,
@@ -335,11 +339,11 @@ def summary_markdown(summary: dict) -> str:
            f"{s['data']} ({s['split']})", summary["n"],
            fmt_ci(acc["value"], acc["lo"], acc["hi"], percent=True), fmt(summary["nll_per_token"]),
            fmt(summary["consolidations_per_answer"], 2), fmt(summary["trigger_rate"]),
-           fmt(summary["generated_tokens"]["mean"], 1), fmt(summary["tokens_per_s"], 1),
-           fmt(summary["seconds_per_question"], 2)]
+           fmt(summary["generated_tokens"]["mean"], 1), fmt(summary.get("at_token_limit")),
+           fmt(summary["tokens_per_s"], 1), fmt(summary["seconds_per_question"], 2)]
     table = markdown_table(
         ["method", "memory", "data", "n", "accuracy [95% CI]", "NLL/token", "consolidations/answer",
-         "trigger rate", "tokens/answer", "tokens/s", "s/question"], [row])
+         "trigger rate", "tokens/answer", "at token limit", "tokens/s", "s/question"], [row])
     m = s.get("machine", {})
     return (f"{table}\n\nModel {s['model']} ({s['dtype']}), greedy, max {s['max_new_tokens']} new tokens, "
             f"batch {s['batch_size']}; machine: {m.get('processor')}, {m.get('cpu_count')} CPUs, "
