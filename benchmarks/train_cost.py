@@ -19,24 +19,24 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from flashmem.backbone import Backbone
+from dataclasses import replace
+
 from flashmem.batching import encode_examples
-from flashmem.calibrate import threshold_from_sequences
-from flashmem.config import MemoryConfig
 from flashmem.data import load_examples
-from flashmem.memory import build_memory
-from flashmem.models import load_backbone
-from flashmem.sequence import training_nll
+from flashmem.loader import load_backbone
+from flashmem.registry import build_memory, default_config
+from flashmem.scoring import training_nll
+from flashmem.thresholds import sequence_threshold
 
 
-def flashmem_step(bb, memory, optimizer, seqs, autocast) -> int:
+def flashmem_step(bb, memory, policy, optimizer, seqs, autocast) -> int:
     """One optimiser step as the trainer runs it; returns triggered insertions."""
     optimizer.zero_grad(set_to_none=True)
     total = sum(int(s.answer.numel()) for s in seqs)
     insertions = 0
     for s in seqs:
         with autocast():
-            scored = training_nll(bb, memory, s.prompt, s.answer)
+            scored = training_nll(bb, memory, s.prompt, s.answer, policy=policy)
         (scored.nll / total).backward()
         insertions += len(scored.insertions)
     torch.nn.utils.clip_grad_norm_(memory.parameters(), 0.53)
@@ -97,19 +97,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, tok = load_backbone(args.model)
-    bb = Backbone(model, tok, name=args.model)
+    bb = load_backbone(args.model, device="cpu")
+    tok = bb.tokenizer
     examples, _ = load_examples(args.data, "train", args.data_dir, limit=args.offset + 32)
     seqs = encode_examples(tok, examples, 1024, "skip", args.data)
     batch = seqs[args.offset: args.offset + args.batch_size]
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else nullcontext
-    memory = build_memory(bb, MemoryConfig())
-    memory.config.threshold = threshold_from_sequences(bb, memory, seqs[:16], 85.0, autocast())
+    memory = build_memory(bb, default_config("flashmem"))
+    policy = replace(memory.config, threshold=sequence_threshold(bb, memory, seqs[:16], memory.config, autocast()))
     optimizer = torch.optim.AdamW([q for q in memory.parameters() if q.requires_grad], lr=0.0)  # lr 0: keep tau apt
     tokens = sum(s.n_tokens for s in batch)
     answer_tokens = sum(int(s.answer.numel()) for s in batch)
     runs = {
-        "flashmem step": lambda: flashmem_step(bb, memory, optimizer, batch, autocast),
+        "flashmem step": lambda: flashmem_step(bb, memory, policy, optimizer, batch, autocast),
         "backbone fwd+bwd, padded batch": lambda: backbone_batch(bb, batch, autocast, tok.pad_token_id),
         "backbone fwd+bwd, one by one": lambda: backbone_each(bb, batch, autocast),
     }
@@ -119,9 +119,9 @@ def main() -> None:
     for _ in range(args.reps):
         for name, fn in runs.items():
             times[name].append(timed(fn))
-    insertions = flashmem_step(bb, memory, optimizer, batch, autocast)
+    insertions = flashmem_step(bb, memory, policy, optimizer, batch, autocast)
     print(f"model {args.model}, {'bf16 autocast' if args.bf16 else 'fp32'}, threads {torch.get_num_threads()}, "
-          f"batch {len(batch)} examples, {tokens} tokens ({answer_tokens} answer), tau {memory.config.threshold:.3f}, "
+          f"batch {len(batch)} examples, {tokens} tokens ({answer_tokens} answer), tau {policy.threshold:.3f}, "
           f"{insertions} triggered insertions + {len(batch)} prompt-end per step, {args.reps} reps")
     base = statistics.median(times["flashmem step"])
     for name, values in times.items():

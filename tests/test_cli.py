@@ -6,6 +6,7 @@ from transformers import GPT2Config
 
 from flashmem.api import FlashMem
 from flashmem.cli import main
+from flashmem.registry import save_memory
 from tiny_assets import make_tiny_model_dir
 
 
@@ -63,7 +64,7 @@ def test_prompt_longer_than_context(capsys, model_dir):
 
 
 def test_memory_made_for_another_backbone(capsys, tmp_path, model_dir):
-    FlashMem.load(model_dir).memory.save(tmp_path / "mem")
+    save_memory(FlashMem.load(model_dir).memory, tmp_path / "mem")
     other = str(make_tiny_model_dir(tmp_path / "other", seed=1))
     message = run_error(capsys, ["generate", "--model", other, "--memory", str(tmp_path / "mem"), "hi"])
     assert "another backbone" in message and "fingerprint" in message
@@ -71,7 +72,7 @@ def test_memory_made_for_another_backbone(capsys, tmp_path, model_dir):
 
 def test_memory_folder_missing_or_corrupt(capsys, tmp_path, model_dir):
     assert "not found" in run_error(capsys, ["generate", "--model", model_dir, "--memory", str(tmp_path / "x"), "hi"])
-    FlashMem.load(model_dir).memory.save(tmp_path / "mem")
+    save_memory(FlashMem.load(model_dir).memory, tmp_path / "mem")
     weights = tmp_path / "mem" / "memory.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     assert "corrupt" in run_error(capsys, ["generate", "--model", model_dir, "--memory", str(tmp_path / "mem"), "hi"])

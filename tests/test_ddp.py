@@ -9,10 +9,9 @@ import sys
 import pytest
 from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
-from flashmem.backbone import Backbone
 from flashmem.cli import main
-from flashmem.memory import load_memory
-from flashmem.models import load_backbone
+from flashmem.loader import load_backbone
+from flashmem.registry import load_memory
 
 ARGS = ["--steps", "3", "--batch-size", "3", "--val-size", "2", "--eval-every", "3", "--threshold", "1.0",
         "--lr", "1e-2", "--min-gap", "3"]
@@ -47,6 +46,5 @@ def test_two_processes_match_one(tmp_path):
     one = tmp_path / "one"
     assert main(["train", "--model", str(model), "--data", str(data), "--out", str(one), *ARGS]) == 0
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
-    hf_model, tok = load_backbone(str(model))
-    memory = load_memory(two, Backbone(hf_model, tok, name=str(model)))
+    memory = load_memory(two, load_backbone(str(model)))
     assert memory.config.threshold == 1.0

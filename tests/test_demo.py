@@ -41,14 +41,14 @@ def test_demo_writes_every_report_file_and_resumes(tmp_path, monkeypatch):
     state["done"] = [s for s in state["done"] if s not in ("bench", "eval-heldout-softprompt")]
     (out / "demo_state.json").write_text(json.dumps(state))
     (out / "bench.json").unlink()
+    from flashmem.cli import demo as demo_module
     ran = []
-    import flashmem.cli as cli
-    real_main = cli.main
 
-    def spy(argv):
-        ran.append(argv[0])
-        return real_main(argv)
-    monkeypatch.setattr(cli, "main", spy)
-    assert real_main(argv) == 0
-    assert ran == ["eval", "bench"]
+    def spy(name, real):
+        return lambda cfg: ran.append(name) or real(cfg)
+    for name in ("train", "calibrate", "evaluate", "bench", "run_generate"):
+        monkeypatch.setattr(demo_module, name, spy(name, getattr(demo_module, name)))
+    assert main(argv) == 0
+    assert ran == ["evaluate", "bench"]
     assert (out / "bench.json").is_file()
+    assert (out / "report.md").read_text().splitlines()[2].startswith(f"Model `{argv[2]}`; data used: {argv[4]} (")

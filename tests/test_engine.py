@@ -2,17 +2,17 @@
 import pytest
 import torch
 
-from flashmem.backbone import Backbone
+from flashmem.backbone import Backbone, _project_kv, _project_query
 from flashmem.config import GenerationConfig, MemoryConfig
 from flashmem.consolidator import shared_kv_attention
 from flashmem.engine import prefill
 from flashmem.generation import generate
-from flashmem.memory import build_memory
-from flashmem.models import tiny_model
 from flashmem.monitor import attention_entropy, sink_mask
-from flashmem.sequence import find_insertions, score_with_insertions
+from flashmem.registry import build_memory
+from flashmem.scoring import find_insertions, score_with_insertions
+from flashmem.testing import tiny_model
 
-FAMILIES = ["llama", "qwen2", "qwen3"]
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral"]
 
 
 def padded_batch(vocab: int, seed: int = 0):
@@ -87,11 +87,17 @@ def test_monitor_degenerate_cases():
     # row 0: every real key is a sink -> defined as 0; row 1: three non-sink keys remain
     ent = attention_entropy(q, k, mask.bool()[:, None, :], sinks, 0.35)
     assert ent[0, 0] == 0 and 0 < ent[1, 0] <= torch.log(torch.tensor(3.0)) + 1e-6
-    # all mass on a sink: the renormalised distribution over the rest is still well defined
-    k2 = k.clone()
-    k2[:, :, 0] = q[:, :2, 0] * 1e4
-    ent2 = attention_entropy(q, k2, mask.bool()[:, None, :], sink_mask(mask, 1), 0.35)
-    assert torch.isfinite(ent2).all()
+    # All mass on a sink: a real (unpadded) first slot whose key dwarfs the rest. The renormalised
+    # distribution over the non-sink keys is still exact, not 0/0.
+    q2, k2 = q.clone(), k.clone()
+    q2[1, 1], q2[1, 3] = q2[1, 0], q2[1, 2]  # the two query heads of each KV group look the same way
+    k2[1, :, 0] = q2[1, ::2, 0] * 1e4  # row 1, slot 0 (its sink with n_sinks=1), aligned with those queries
+    ent2 = attention_entropy(q2, k2, mask.bool()[:, None, :], sink_mask(mask, 1), 0.35)
+    scores = torch.einsum("hd,htd->ht", q2[1, :, 0].double(), k2[1].repeat_interleave(2, 0).double()) * 0.35
+    assert torch.softmax(scores, -1)[:, 0].min() > 0.999  # the sink does hold all the mass
+    rest = torch.softmax(scores[:, 1:], -1)
+    expected = -(rest * rest.log()).sum(-1).mean()
+    assert torch.allclose(ent2[1, 0].double(), expected, atol=1e-5)
     # padding is not a key: prepending padded slots changes nothing
     k3 = torch.cat([torch.randn(2, 2, 2, 8), k], 2)
     mask3 = torch.cat([torch.zeros(2, 2, dtype=torch.long), mask], 1)
@@ -112,13 +118,13 @@ def test_shared_kv_attention_equals_recomputed_reference(family):
     state, _ = prefill(bb, ids, mask, n_sinks=4)
     hook.remove()
     cos, sin = captured["pe"]
-    ref_k, ref_v = bb.project_kv(attn, captured["h"], cos, sin)  # (B, n_kv, T, D)
+    ref_k, ref_v = _project_kv(attn, captured["h"], cos, sin, bb.head_dim)  # (B, n_kv, T, D)
     keys, values = bb.cache_kv(state.cache, bb.n_layers - 1)
     torch.manual_seed(3)
     x = torch.randn(3, 1, bb.hidden_size)
     lat_cos, lat_sin = bb.rotary(x, state.positions[:, None])
-    query = bb.project_query(attn, x, lat_cos, lat_sin)
-    lat_k, lat_v = bb.project_kv(attn, x, lat_cos, lat_sin)
+    query = _project_query(attn, x, lat_cos, lat_sin, bb.head_dim)
+    lat_k, lat_v = _project_kv(attn, x, lat_cos, lat_sin, bb.head_dim)
     ours = shared_kv_attention(query, keys, values, mask.bool(), lat_k, lat_v, bb.scaling)
     # reference: plain multi-head attention with K/V heads repeated, padding masked
     group = bb.n_heads // bb.n_kv_heads
@@ -140,8 +146,7 @@ def test_cached_injection_equals_recomputation(family):
     model = tiny_model(family)
     bb = Backbone(model)
     ids, mask = padded_batch(model.config.vocab_size, seed=4)
-    memory = firing_memory(bb, threshold=None, trigger_memory=True)
-    memory.config.threshold = 2.0  # about half the steps of a tiny random model exceed it
+    memory = firing_memory(bb, threshold=2.0)  # about half the steps of a tiny random model exceed it
     res = generate(bb, ids, mask, memory, GenerationConfig(max_new_tokens=10), keep_logits=True)
     fired_rows = {r for r, t in enumerate(res.traces) if t.consolidations}
     assert fired_rows and len(fired_rows) < 3 or len({tuple(t.consolidations) for t in res.traces}) > 1, \
@@ -216,3 +221,67 @@ def test_rows_finish_independently_and_sampling_is_seeded():
     a, b = generate(bb, ids, mask, None, sample), generate(bb, ids, mask, None, sample)
     c = generate(bb, ids, mask, None, GenerationConfig(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=8))
     assert a.tokens == b.tokens and a.tokens != c.tokens
+
+
+def reference_latents(bb, memory, ctx):
+    """The consolidator recomputed naively: at step i, every latent's key/value is made again from the stored
+    inputs x_0..x_i with the source layer's own projections at positions p..p+i, heads repeated, plain sdpa."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    layer, source = memory.layers[0], bb.model.model.layers[-1].self_attn
+    keys, values = bb.cache_kv(ctx.cache, bb.n_layers - 1)
+    b, group, d = ctx.hidden.shape[0], bb.n_heads // bb.n_kv_heads, bb.head_dim
+    x = memory.seed(ctx.hidden).unsqueeze(1)
+    inputs, outputs = [], []
+    for i in range(memory.config.num_latents):
+        inputs.append(x)
+        xs = torch.cat(inputs, 1)  # (B, i+1, d)
+        positions = ctx.positions[:, None] + torch.arange(i + 1)[None]
+        cos, sin = bb.model.model.rotary_emb(xs, position_ids=positions)
+        normed = layer.input_layernorm(xs)
+        k = source.k_proj(normed).view(b, i + 1, -1, d)
+        k = (source.k_norm(k) if getattr(source, "k_norm", None) is not None else k).transpose(1, 2)
+        v = source.v_proj(normed).view(b, i + 1, -1, d).transpose(1, 2)
+        q = layer.self_attn.q_proj(normed).view(b, i + 1, -1, d)
+        q = (layer.self_attn.q_norm(q) if getattr(layer.self_attn, "q_norm", None) is not None else q).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        all_k = torch.cat([keys, k], 2).repeat_interleave(group, 1)
+        all_v = torch.cat([values, v], 2).repeat_interleave(group, 1)
+        allowed = torch.cat([ctx.mask.bool(), torch.ones(b, i + 1, dtype=torch.bool)], 1)[:, None, None, :]
+        att = torch.nn.functional.scaled_dot_product_attention(q[:, :, -1:], all_k, all_v, attn_mask=allowed,
+                                                               scale=bb.scaling)
+        x = x + layer.self_attn.o_proj(att.transpose(1, 2).reshape(b, 1, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        outputs.append(memory.out_proj(memory.out_norm(x)))
+    return memory.emit(torch.cat(outputs, 1), b)
+
+
+def memory_context(bb, ids, mask):
+    from flashmem.memory import MemoryContext
+
+    state, _ = prefill(bb, ids, mask, 4)
+    return MemoryContext(bb, state.cache, state.mask, state.positions, state.hidden, state.ids, state.ids_mask)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_consolidator_steps_equal_a_reference_that_recomputes_keys_and_values(family):
+    bb = Backbone(tiny_model(family))
+    memory = firing_memory(bb, num_latents=4)
+    with torch.no_grad():
+        for p in memory.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # trained-looking, every part of the step matters
+        ctx = memory_context(bb, *padded_batch(bb.vocab_size, seed=7))
+        torch.testing.assert_close(memory(ctx), reference_latents(bb, memory, ctx), atol=1e-5, rtol=1e-5)
+
+
+def test_latents_depend_on_the_context():
+    bb = Backbone(tiny_model("llama"))
+    memory = firing_memory(bb, num_latents=3)
+    ids, mask = padded_batch(bb.vocab_size, seed=8)
+    other = ids.clone()
+    other[:, -3:] = torch.randint(3, 200, (3, 3), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        first, again = memory(memory_context(bb, ids, mask)), memory(memory_context(bb, ids, mask))
+        changed = memory(memory_context(bb, other, mask))
+    assert torch.equal(first, again)
+    assert (changed - first).norm(dim=-1).min() > 1e-3  # every latent of every row moved

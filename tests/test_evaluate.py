@@ -5,9 +5,13 @@ import json
 
 import pytest
 
+from dataclasses import replace
+
+from flashmem.api import FlashMem
 from flashmem.cli import main
 from flashmem.errors import FlashmemError
 from flashmem.records import RecordFile, read_records
+from flashmem.registry import save_memory
 from flashmem.report import compare_runs, comparison_markdown
 
 from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
@@ -137,7 +141,6 @@ def test_records_refuse_garbage_in_the_middle(tmp_path):
 
 
 def test_memgen_inserts_at_delimiters(assets, tmp_path):
-    pytest.importorskip("flashmem.memgen")
     out = tmp_path / "memgen.json"
     assert eval_cli(assets, out, method="memgen", limit=2) == 0
     summary = json.loads(out.read_text())
@@ -149,11 +152,8 @@ def test_memgen_inserts_at_delimiters(assets, tmp_path):
 
 def test_prompt_memory_only_ablation(assets, tmp_path):
     """--prompt-memory-only keeps the prompt-end memory and makes none during decoding."""
-    from flashmem.api import FlashMem
-
     fm = FlashMem.load(assets["model"])
-    fm.memory.config.threshold, fm.memory.config.min_gap = 0.0, 1  # fires at every allowed step
-    fm.memory.save(tmp_path / "mem")
+    save_memory(fm.memory, tmp_path / "mem", replace(fm.config, threshold=0.0, min_gap=1))  # fires when allowed
     base = ["eval", "--model", assets["model"], "--method", "flashmem", "--memory", str(tmp_path / "mem"),
             "--data", assets["data"], "--limit", "2", "--batch-size", "2", "--max-new-tokens", "8"]
     assert main(base + ["--out", str(tmp_path / "full.json")]) == 0

@@ -8,16 +8,20 @@ import pytest
 import torch
 from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
+from dataclasses import replace
+
 from flashmem import targets, trainer
 from flashmem.backbone import Backbone
 from flashmem.batching import DataStream, epoch_order
 from flashmem.cli import main
 from flashmem.config import GenerationConfig, MemoryConfig
+from flashmem.errors import FlashmemError
 from flashmem.generation import GenerationResult, RowTrace, generate
-from flashmem.memory import build_memory, load_memory
-from flashmem.models import load_backbone, tiny_model
-from flashmem.sequence import find_insertions, training_nll
-from flashmem.trainer import lr_factor
+from flashmem.loader import load_backbone
+from flashmem.registry import build_memory, default_config, load_memory
+from flashmem.scoring import find_insertions, training_nll
+from flashmem.testing import tiny_model
+from flashmem.trainer import check_frozen, lr_factor
 
 
 @pytest.fixture(scope="module")
@@ -44,26 +48,44 @@ def test_training_loss_equals_generation_nll(model_type, method):
     torch.manual_seed(0)
     prompt, answer = torch.randint(3, 200, (12,)), torch.randint(3, 200, (30,))
     memory = build_memory(bb, MemoryConfig(method=method, num_latents=3, budget=2, min_gap=4, threshold=float("inf")))
+    if method == "flashmem":  # trained-looking: the latents depend on the context, not only the anchor
+        with torch.no_grad():
+            memory.out_proj.weight.normal_(0.0, 0.05)
     entropies = find_insertions(bb, memory, prompt, answer, with_entropy=True).entropies
-    memory.config.threshold = float(torch.tensor(entropies).quantile(0.5))  # fires often enough to test it
-    scored = training_nll(bb, memory, prompt, answer)
+    policy = replace(memory.config, threshold=float(torch.tensor(entropies).quantile(0.5)))  # fires often enough
+    scored = training_nll(bb, memory, prompt, answer, policy=policy)
     assert scored.nll.requires_grad and len(scored.insertions) == 2
-    forced = generate(bb, prompt[None], torch.ones(1, 12), memory, GenerationConfig(), forced=answer[None])
+    forced = generate(bb, prompt[None], torch.ones(1, 12), memory, GenerationConfig(), forced=answer[None],
+                      policy=policy)
     assert forced.traces[0].consolidations == scored.insertions
     assert float(-forced.logprobs.sum()) == pytest.approx(float(scored.nll.detach()), abs=1e-4)
 
 
-def test_only_memory_parameters_learn(assets, tmp_path):
+def test_training_moves_every_memory_weight_and_no_backbone_weight(assets, tmp_path):
     model, data = assets
-    assert train(model, data, tmp_path / "run", "--steps", 2, "--threshold", 1.0) == 0
-    hf_model, tok = load_backbone(str(model))
-    bb = Backbone(hf_model, tok, name=str(model))
+    weights = model / "model.safetensors"
+    before = weights.read_bytes()
+    assert train(model, data, tmp_path / "run", "--steps", 3, "--threshold", 1.0, "--lr", 1e-2) == 0
+    bb = load_backbone(str(model))
     trained = load_memory(tmp_path / "run", bb)
-    torch.manual_seed(0)
-    fresh = build_memory(bb, MemoryConfig(**{**trained.config.__dict__, "backbone": {}}))
-    changed = {k for k, v in trained.trainable_state().items() if not torch.equal(v, fresh.trainable_state()[k])}
-    assert changed and all(not k.startswith("_backbone") for k in changed)
-    assert bb.frozen()
+    torch.manual_seed(0)  # `flashmem train --seed 0` initialises the memory from this seed
+    fresh = build_memory(bb, replace(trained.config, backbone={}))
+    start, end = fresh.trainable_state(), trained.trainable_state()
+    unchanged = {k for k in end if torch.equal(end[k], start[k])}
+    assert not unchanged, unchanged  # the context path (seed MLP, layer copy, projection) trained too
+    assert end["out_proj.weight"].abs().sum() > 0  # it started at zero
+    assert weights.read_bytes() == before and bb.frozen()
+
+
+def test_the_frozen_check_is_an_error_not_an_assert():
+    bb = Backbone(tiny_model("llama"))
+    memory = build_memory(bb, default_config("flashmem"))
+    check_frozen(bb, list(memory.parameters()))
+    with pytest.raises(FlashmemError, match="frozen"):
+        check_frozen(bb, [next(bb.model.parameters())])
+    bb.model.lm_head.weight.requires_grad_(True)
+    with pytest.raises(FlashmemError, match="frozen"):
+        check_frozen(bb, list(memory.parameters()))
 
 
 # ---- the command ---------------------------------------------------------------------------------
@@ -188,7 +210,8 @@ def _fake_generate(tokenizer, calls):
 
 def test_self_targets_keep_correct_and_resume(assets, tmp_path, monkeypatch, capsys):
     model, _ = assets
-    hf_model, tok = load_backbone(str(model))
+    bb = load_backbone(str(model))
+    tok = bb.tokenizer
     rows = [{"question": "What is 2 + 3?", "answer": "#### 5"}, {"question": "What is 1 + 1?", "answer": "#### 2"},
             {"question": "What is 4 + 1?", "answer": "#### 5"}]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
@@ -203,7 +226,7 @@ def test_self_targets_keep_correct_and_resume(assets, tmp_path, monkeypatch, cap
     calls.clear()
     from flashmem.data import load_examples
     examples, _ = load_examples(str(data))
-    kept = targets.build_self_targets(Backbone(hf_model, tok), examples, out, targets.SelfTargetSettings(samples=2))
+    kept = targets.build_self_targets(bb, examples, out, targets.SelfTargetSettings(samples=2))
     assert not calls  # everything came from the cache
     assert [e.answer for e in kept] == ["2 + 3 = 5\n#### 5"] * 2
 

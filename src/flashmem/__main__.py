@@ -1,4 +1,6 @@
-"""`python -m flashmem ...` (and `accelerate launch -m flashmem train ...`)."""
+"""`python -m flashmem` (and `accelerate launch -m flashmem train`)."""
+import sys
+
 from .cli import main
 
-raise SystemExit(main())
+sys.exit(main())

@@ -18,7 +18,7 @@ import re
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
-from flashmem.errors import FlashmemError
+from .errors import FlashmemError
 
 KINDS = ("number", "math")
 

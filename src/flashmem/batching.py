@@ -15,7 +15,7 @@ import torch
 
 from .data import Example
 from .errors import FlashmemError
-from .models import format_prompt
+from .prompts import format_prompt
 
 
 @dataclass(frozen=True)

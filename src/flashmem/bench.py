@@ -1,188 +1,211 @@
 """`flashmem bench`: the paper's efficiency table (vanilla vs FlashMem vs MemGen), measured here.
 
-For each context length a prompt of exactly that many tokens of real text is decoded for N tokens
-by every method. Timing runs all methods in this one process, alternating within each repeat
-(the order rotates), and reports medians; peak memory runs each method in its own subprocess
-(`python -m flashmem.bench --worker SPEC`): the peak resident set of prefill + decode per context
-(Linux: VmHWM, reset before each context; elsewhere ru_maxrss).
+For each schedule, batch size and context length, a prompt of exactly that many tokens (of real text
+when GSM8K is at hand) is decoded for N tokens by every method, teacher-forced on the text that
+follows it, so each method decodes exactly N tokens with greedy decoding's per-step work. Timing runs
+all methods in this one process, alternating within each repeat (the order rotates), after a warm-up
+that includes a consolidation; min/median/max over the repeats are kept. Schedules (named in the output):
 
-Fair schedule: both memories fire on the same fixed schedule, memory at the prompt end plus
---consolidations more, one every new_tokens // (N + 1) steps (trigger = monitor, threshold -1:
-the entropy is never negative, so only budget and gap decide). MemGen's delimiter trigger is
-replaced by that schedule, so both methods make the same number of consolidations at the same steps.
-Decoding is teacher-forced on the text that follows the prompt, so every method decodes exactly
-N tokens (greedy decoding could stop at EOS); the per-step work is that of greedy decoding.
+- paper: the paper's efficiency setting as secondary sources describe it: 8 rounds of 32 text tokens,
+  each preceded by a K=8 consolidation (memory at the prompt end, then after every 32 tokens);
+- calibrated: each memory's own policy as users run it (FlashMem's monitor with its threshold,
+  MemGen's delimiter rule); the monitor's trigger rate is reported;
+- fixed: memory at the prompt end plus --consolidations more, evenly spaced.
+Under paper and fixed both memories fire at the same steps (FlashMem's monitor still runs every step,
+with a threshold no entropy is below, so its cost is counted). Memory: peak CUDA allocation on a
+GPU (in process, reset before each run); on the CPU the growth of the resident set above the loaded
+model's baseline, measured in one subprocess per method (bench_memory.py).
 """
 from __future__ import annotations
 
-import argparse
-import gc
 import json
 import math
-import resource
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
+from dataclasses import MISSING, asdict, dataclass, replace
 
 import torch
 
 from .backbone import Backbone
-from .config import GenerationConfig, MemoryConfig, atomic_write_text
-from .cli import set_threads
+from .bench_memory import WORKER_TAG, cuda_peak, proc_status_mb, reset_peak_rss, rss_mb, run_workers
+from .config import GenerationConfig, MemoryConfig, ModelOptions, check, option
+from .data import load_examples
 from .errors import FlashmemError
+from .files import atomic_write_text
 from .generation import generate
-from .memory import LatentMemory, build_memory, load_memory
-from .report import bench_markdown, machine_info, plot_latency
+from .loader import load_backbone
+from .memory import LatentMemory
+from .registry import build_memory, default_config, load_memory
+from .report import machine_info, plot_latency
+from .runtime import set_threads
+from .thresholds import needs_threshold, prompt_threshold
 
+SCHEDULES = ("paper", "calibrated", "fixed")
+BENCH_METHODS = ("vanilla", "flashmem", "memgen")
 SCHEDULE_THRESHOLD = -1.0  # below any entropy: the budget and gap alone decide when memory is made
-WORKER_TAG = "FLASHMEM_BENCH_WORKER "
-RATIOS = (("flashmem", "vanilla"), ("flashmem", "memgen"))
+PAPER_ROUND = 32  # text tokens per round in the paper's setting
+WARMUP_CONTEXT = 1024  # the warm-up decodes at most this much context (the first calls' costs do not grow with it)
 
 
-def register(sub) -> None:
-    from .cli import add_model_argument
-
-    p = sub.add_parser("bench", help="efficiency table: vanilla vs FlashMem vs MemGen",
-                       description="Decoding speed, per-step latency and peak memory of vanilla decoding, "
-                       "FlashMem and MemGen at several context lengths, on this machine.")
-    add_model_argument(p)
-    p.add_argument("--memory", help="FlashMem memory folder (default: an untrained one; speed does not depend on training)")
-    p.add_argument("--memgen-memory", help="MemGen memory folder (default: an untrained one)")
-    p.add_argument("--contexts", default="1024,2048,4096,7168", help="prompt lengths in tokens (comma-separated)")
-    p.add_argument("--new-tokens", type=int, default=32, help="tokens decoded per run (default 32)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per method and context; the median is kept")
-    p.add_argument("--consolidations", type=int, default=2,
-                   help="consolidations per response after the prompt-end memory, same steps for both memories")
-    p.add_argument("--data-dir", help="folder with gsm8k/test.jsonl (the prompt text; default ../shared/data)")
-    p.add_argument("--no-memory-workers", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--out", required=True, metavar="FILE.json", help="results JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="plot per-step latency against context length")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    contexts = parse_contexts(args.contexts)
-    if args.new_tokens < 2 or args.repeats < 1 or args.consolidations < 0:
-        raise FlashmemError("need --new-tokens >= 2, --repeats >= 1 and --consolidations >= 0")
-    bb = load(args.model, args.dtype)
-    methods, notes = bench_methods(bb, args.memory, args.memgen_memory, args.consolidations, args.new_tokens)
-    stream, source = bench_text(bb.tokenizer, max(contexts) + args.new_tokens, args.data_dir, bb)
-    check_room(bb, contexts, args.new_tokens, methods)
-    timings = time_methods(bb, methods, stream, contexts, args.new_tokens, args.repeats)
-    memory = {} if args.no_memory_workers else peak_memory(args, list(methods), contexts, notes)
-    results = [_result(name, ctx, runs, args.new_tokens, memory.get(name))
-               for (name, ctx), runs in timings.items()]
-    report = {
-        "settings": _settings(args, bb, methods, contexts, source, notes),
-        "results": results,
-        "baseline_rss_mb": {name: m.get("baseline_rss_mb") for name, m in memory.items()},
-        "peak_rss_measure": {name: m.get("measure") for name, m in memory.items()},
-        "ratios": ratios(results),
-    }
-    atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
-    print(bench_markdown(report))
-    if args.plot:
-        plot_latency(args.plot, results)
-        print(f"plot: {args.plot}", file=sys.stderr)
-    return 0
-
-
-def parse_contexts(text: str) -> list[int]:
+def _ints(text: str, what: str, least: int) -> list[int]:
     try:
-        contexts = sorted({int(part) for part in text.split(",") if part.strip()})
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise FlashmemError(f"--contexts must be comma-separated integers, got {text!r}") from None
-    if not contexts or contexts[0] < 8:
-        raise FlashmemError(f"--contexts must be integers >= 8, got {text!r}")
-    return contexts
+        raise FlashmemError(f"--{what} must be comma-separated integers, got {text!r}") from None
+    if not values or values[0] < least:
+        raise FlashmemError(f"--{what} must be integers >= {least}, got {text!r}")
+    return values
 
 
-
-def load(model: str, dtype: str) -> Backbone:
-    from .models import load_backbone
-
-    hf_model, tokenizer = load_backbone(model, dtype=dtype)
-    return Backbone(hf_model, tokenizer, name=model)
-
-
-# ---- the methods and their schedule -----------------------------------------------------------
-def bench_methods(bb, flashmem_dir, memgen_dir, n_consolidations, new_tokens) -> tuple[dict, list[str]]:
-    """{name: memory or None} for the methods that can run here, and notes on what was built."""
-    methods: dict[str, LatentMemory | None] = {"vanilla": None}
-    notes: list[str] = []
-    for name, folder in (("flashmem", flashmem_dir), ("memgen", memgen_dir)):
-        try:
-            methods[name] = bench_memory(bb, name, folder, n_consolidations, new_tokens)
-        except FlashmemError:
-            raise
-        except Exception as err:  # the baseline module may be missing or unfinished: skip, say why
-            if name == "flashmem":
-                raise
-            notes.append(f"memgen skipped: {type(err).__name__}: {err}")
-            continue
-        notes.append(f"{name}: {folder or 'untrained (speed and memory do not depend on training)'}")
-    return methods, notes
+def _names(text: str, what: str, known: tuple[str, ...]) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise FlashmemError(f"--{what} must be a comma-separated subset of {', '.join(known)}, got {text!r}")
+    return list(dict.fromkeys(names))
 
 
-def bench_memory(bb: Backbone, method: str, folder: str | None, n: int, new_tokens: int) -> LatentMemory:
-    """A loaded or untrained memory with the benchmark's fixed firing schedule."""
-    if folder:
-        memory = load_memory(folder, bb)
-        if memory.config.method != method:
-            raise FlashmemError(f"{folder} is a {memory.config.method} memory, not {method}")
-    else:
-        torch.manual_seed(0)
-        if method == "memgen":
-            from .memgen import memgen_config
-            config = memgen_config()
-        else:
-            config = MemoryConfig(method=method)
-        memory = build_memory(bb, config)
-    apply_schedule(memory.config, n, new_tokens)
-    return memory.eval()
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig(ModelOptions):
+    """Everything `flashmem bench` needs; stored in its JSON."""
+
+    memory: str | None = option(None, "FlashMem memory folder (default: an untrained one; speed does not depend on training)")
+    memgen_memory: str | None = option(None, "MemGen memory folder (default: an untrained one)")
+    methods: str = option(",".join(BENCH_METHODS), "comma-separated methods (vanilla must be among them)")
+    contexts: str = option("1024,4096", "prompt lengths in tokens, comma-separated")
+    new_tokens: int = option(256, "tokens decoded per run")
+    repeats: int = option(5, "timed runs per method, context and batch size")
+    batch_sizes: str = option("1", "batch sizes, comma-separated (each row decodes the same prompt)")
+    schedules: str = option("paper,calibrated,fixed", f"comma-separated schedules: {', '.join(SCHEDULES)}")
+    consolidations: int = option(2, "fixed schedule: consolidations after the prompt-end memory, evenly spaced")
+    data_dir: str | None = option(None, "folder with gsm8k/test.jsonl (the prompt text; default ../shared/data)")
+    memory_workers: bool = option(True, "CPU: measure memory growth in one subprocess per method")
+    out: str = option(MISSING, "results JSON", metavar="FILE.json")
+    plot: str | None = option(None, "plot per-step latency against context length", metavar="FILE.png")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check([(self.new_tokens >= 2, f"--new-tokens must be >= 2, got {self.new_tokens}"),
+               (self.repeats >= 1, f"--repeats must be >= 1, got {self.repeats}"),
+               (self.consolidations >= 0, f"--consolidations must be >= 0, got {self.consolidations}"),
+               ("vanilla" in self.method_list, "--methods must include vanilla (every ratio is against it)")],
+              "bench config")
+        _ = self.context_list, self.batch_list, self.schedule_list  # parse now: bad lists fail before any model loads
+
+    @property
+    def context_list(self) -> list[int]:
+        return _ints(self.contexts, "contexts", 8)
+
+    @property
+    def batch_list(self) -> list[int]:
+        return _ints(self.batch_sizes, "batch-sizes", 1)
+
+    @property
+    def schedule_list(self) -> list[str]:
+        return _names(self.schedules, "schedules", SCHEDULES)
+
+    @property
+    def method_list(self) -> list[str]:
+        return _names(self.methods, "methods", BENCH_METHODS)
 
 
-def apply_schedule(cfg: MemoryConfig, n: int, new_tokens: int) -> None:
-    """Memory at the prompt end, then n consolidations, one every new_tokens // (n + 1) steps."""
-    cfg.trigger, cfg.threshold = "monitor", SCHEDULE_THRESHOLD
-    cfg.budget, cfg.min_gap = n, max(1, new_tokens // (n + 1))
-    cfg.prompt_memory, cfg.trigger_memory = True, n > 0
+def bench(cfg: BenchConfig) -> dict:
+    """Time every method under every schedule, measure its memory; return (and write) the report."""
+    bb = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    stream, source = bench_text(bb, max(cfg.context_list) + cfg.new_tokens, cfg.data_dir)
+    results, notes = [], []
+    for schedule in cfg.schedule_list:
+        methods = bench_methods(bb, cfg, schedule, stream, notes)
+        check_room(bb, cfg, methods)
+        for batch in cfg.batch_list:
+            results += time_methods(bb, methods, stream, cfg, schedule, batch)
+    if bb.device.type == "cpu" and cfg.memory_workers:
+        notes += cpu_peak_memory(cfg, results)
+    report = {"settings": settings(cfg, bb, source, notes), "results": results, "ratios": ratios(results)}
+    atomic_write_text(cfg.out, json.dumps(report, indent=2) + "\n")
+    if cfg.plot:
+        plot_latency(cfg.plot, results)
+    return report
 
 
-def bench_text(tokenizer, n_tokens: int, data_dir: str | None, bb: Backbone) -> tuple[list[int], str]:
+def bench_text(bb: Backbone, n_tokens: int, data_dir: str | None) -> tuple[list[int], str]:
     """At least n_tokens ids of real text: GSM8K test questions joined by blank lines, else vocabulary cycling."""
-    from .data import load_examples
-
     try:
         examples, report = load_examples("gsm8k", "test", data_dir)
     except FlashmemError:
         examples, report = [], None
     if examples:
-        ids = tokenizer("\n\n".join(ex.question for ex in examples), add_special_tokens=False)["input_ids"]
+        ids = bb.tokenizer("\n\n".join(ex.question for ex in examples), add_special_tokens=False)["input_ids"]
         source = f"GSM8K test questions joined by blank lines ({report.path})"
     else:
-        special = set(tokenizer.all_special_ids)
-        ids = [i for i in range(bb.model.config.vocab_size) if i not in special]
-        source = "tokenizer vocabulary cycled (no GSM8K data found)"
+        special = set(bb.tokenizer.all_special_ids)
+        ids = [i for i in range(bb.vocab_size) if i not in special]
+        source = "token ids cycled over the vocabulary (no GSM8K data found)"
     if len(ids) < n_tokens:
         ids = ids * math.ceil(n_tokens / len(ids))
         source += ", repeated"
     return ids[:n_tokens], source
 
 
-def check_room(bb: Backbone, contexts: list[int], new_tokens: int, methods: dict) -> None:
-    latents = max((m.config.num_latents * (1 + m.config.budget) for m in methods.values() if m), default=0)
-    longest = bb.max_positions - new_tokens - latents
-    if contexts[-1] > longest:
-        raise FlashmemError(f"context {contexts[-1]} does not fit: the model has {bb.max_positions} positions, "
-                            f"so with {new_tokens} new tokens and {latents} latents the longest is {longest}")
+# ---- the methods and their schedules ----------------------------------------------------------
+def bench_methods(bb: Backbone, cfg: BenchConfig, schedule: str, stream: list[int], notes: list[str]) -> dict:
+    """{method: (memory or None, policy or None)} under one schedule."""
+    methods: dict = {}
+    for name in cfg.method_list:
+        if name == "vanilla":
+            methods[name] = (None, None)
+            continue
+        memory = bench_memory(bb, name, cfg.memory if name == "flashmem" else cfg.memgen_memory)
+        policy = schedule_policy(memory.config, schedule, cfg.new_tokens, cfg.consolidations)
+        if needs_threshold(policy):  # an untrained memory under its own policy: tau from the prompt's entropies
+            ids = torch.tensor([stream[: cfg.context_list[0]]], device=bb.device)
+            policy = replace(policy, threshold=prompt_threshold(bb, ids, torch.ones_like(ids), policy))
+            notes.append(f"{schedule}: {name} has no calibrated threshold; tau {policy.threshold:.3f} is the "
+                         f"{policy.percentile:g}th percentile of the first prompt's own entropies")
+        methods[name] = (memory, policy)
+    return methods
+
+
+def bench_memory(bb: Backbone, method: str, folder: str | None) -> LatentMemory:
+    """A loaded memory, or an untrained one of the method (the same on every run)."""
+    if folder:
+        memory = load_memory(folder, bb)
+        if memory.config.method != method:
+            raise FlashmemError(f"{folder} is a {memory.config.method} memory, not {method}")
+        return memory.eval()
+    torch.manual_seed(0)
+    return build_memory(bb, default_config(method)).eval()
+
+
+def schedule_policy(base: MemoryConfig, schedule: str, new_tokens: int, consolidations: int) -> MemoryConfig:
+    """The insertion policy a memory runs under a schedule (calibrated: its own)."""
+    if schedule == "calibrated":
+        return base
+    if schedule == "paper":  # prompt-end memory + one after every PAPER_ROUND tokens that has text after it
+        budget, gap = math.ceil(new_tokens / PAPER_ROUND) - 1, PAPER_ROUND
+    else:
+        budget, gap = consolidations, max(1, new_tokens // (consolidations + 1))
+    # FlashMem keeps its monitor running (its real cost); MemGen has none, so it fires on the schedule alone.
+    trigger = "monitor" if base.method == "flashmem" else "always"
+    return replace(base, trigger=trigger, threshold=SCHEDULE_THRESHOLD if trigger == "monitor" else base.threshold,
+                   budget=budget, min_gap=gap, prompt_memory=True, trigger_memory=budget > 0)
+
+
+def check_room(bb: Backbone, cfg: BenchConfig, methods: dict) -> None:
+    latents = max((p.num_latents * (1 + p.budget) for _, p in methods.values() if p is not None), default=0)
+    longest = bb.max_positions - cfg.new_tokens - latents
+    if max(cfg.context_list) > longest:
+        raise FlashmemError(f"context {max(cfg.context_list)} does not fit: the model has {bb.max_positions} positions, "
+                            f"so with {cfg.new_tokens} new tokens and {latents} latents the longest is {longest}")
 
 
 # ---- timing -----------------------------------------------------------------------------------
 class _PrefillClock(Backbone):
-    """The same backbone, noting when each forward returns; in generate the first one is the prefill."""
+    """The same backbone, noting when its first forward (in generate, the prefill) has finished.
+
+    Only that one waits for the device: a wait after every decoding step would slow the methods
+    that enqueue more work per step (the monitor) more than the others."""
 
     def __init__(self, bb: Backbone):
         self.__dict__.update(bb.__dict__)
@@ -190,74 +213,89 @@ class _PrefillClock(Backbone):
 
     def forward(self, *args, **kwargs):
         out = super().forward(*args, **kwargs)
-        self.marks.append(time.perf_counter())
+        if not self.marks:
+            _sync(self.device)
+            self.marks.append(time.perf_counter())
         return out
 
 
-def decode_once(bb: Backbone, memory: LatentMemory | None, stream: list[int], context: int, new_tokens: int,
-                monitor: bool = False) -> dict:
-    """Prefill `context` tokens, decode `new_tokens` (forced to the following text); seconds of each phase.
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # GPU work is asynchronous: a clock read must wait for it
+        torch.cuda.synchronize(device)
 
-    monitor=True runs the entropy every step even without memory (the monitor's own cost).
-    """
-    ids = torch.tensor([stream[:context]], device=bb.device)
-    forced = torch.tensor([stream[context: context + new_tokens]], device=bb.device)
+
+def decode_once(bb: Backbone, memory: LatentMemory | None, policy: MemoryConfig | None, stream: list[int],
+                context: int, new_tokens: int, batch: int = 1, monitor: bool = False) -> dict:
+    """Prefill `context` tokens (batch copies), decode `new_tokens` forced to the following text; seconds of
+    each phase. monitor=True runs the entropy every step even without memory (the monitor's own cost)."""
+    ids = torch.tensor([stream[:context]] * batch, device=bb.device)
+    forced = torch.tensor([stream[context: context + new_tokens]] * batch, device=bb.device)
     clock = _PrefillClock(bb)
+    _sync(bb.device)
     start = time.perf_counter()
-    result = generate(clock, ids, torch.ones_like(ids), memory, GenerationConfig(), forced=forced, monitor=monitor)
+    with cuda_peak(bb.device) as peak:
+        result = generate(clock, ids, torch.ones_like(ids), memory, GenerationConfig(), forced=forced,
+                          monitor=monitor, policy=policy)
+        _sync(bb.device)
     end = time.perf_counter()
     trace = result.traces[0]
+    fired = [e > policy.threshold for e in trace.entropy] if policy is not None and policy.trigger == "monitor" else []
     return {"prefill_s": clock.marks[0] - start, "decode_s": end - clock.marks[0],
-            "consolidations": len(trace.consolidations), "prompt_memory": trace.prompt_memory}
+            "consolidations": len(trace.consolidations), "prompt_memory": trace.prompt_memory,
+            "trigger_rate": sum(fired) / len(fired) if fired else None, **peak}
 
 
-def time_methods(bb, methods: dict, stream, contexts, new_tokens, repeats) -> dict:
-    """{(method, context): [run, ...]}: per context, each repeat runs every method, order rotated."""
+def time_methods(bb: Backbone, methods: dict, stream: list[int], cfg: BenchConfig, schedule: str, batch: int) -> list[dict]:
+    """Per context, each repeat runs every method once, order rotated; one result per (method, context)."""
     names = list(methods)
-    for name in names:  # warm-up: first-call costs (allocator, kernels) stay out of the timings
-        decode_once(bb, methods[name], stream, contexts[0], min(new_tokens, 4))
-    runs: dict = {(name, ctx): [] for ctx in contexts for name in names}
-    for ctx in contexts:
-        for r in range(repeats):
+    warm = min(cfg.context_list[0], WARMUP_CONTEXT)
+    for name in names:  # a whole warm-up run: first-call costs (allocator, kernels, a consolidation) stay out
+        decode_once(bb, *methods[name], stream, warm, cfg.new_tokens, batch)
+    results = []
+    for ctx in cfg.context_list:
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for r in range(cfg.repeats):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                runs[(name, ctx)].append(decode_once(bb, methods[name], stream, ctx, new_tokens))
-                print(f"bench: {name} context {ctx} run {r + 1}/{repeats}: "
-                      f"{runs[(name, ctx)][-1]['decode_s']:.2f} s decode", file=sys.stderr, flush=True)
-    return runs
+                runs[name].append(decode_once(bb, *methods[name], stream, ctx, cfg.new_tokens, batch))
+                print(f"bench: {schedule} batch {batch} {name} context {ctx} run {r + 1}/{cfg.repeats}: "
+                      f"{runs[name][-1]['decode_s']:.2f} s decode", file=sys.stderr, flush=True)
+        results += [summarize_runs(name, schedule, ctx, batch, cfg.new_tokens, runs[name]) for name in names]
+    return results
 
 
-def _result(name: str, ctx: int, runs: list[dict], new_tokens: int, memory: dict | None) -> dict:
-    decode = statistics.median(r["decode_s"] for r in runs)
-    peak = (memory or {}).get("peak_rss_mb", {}).get(str(ctx))
+def summarize_runs(name: str, schedule: str, ctx: int, batch: int, new_tokens: int, runs: list[dict]) -> dict:
+    decode = [r["decode_s"] for r in runs]
+    latency = sorted(1000.0 * d / new_tokens for d in decode)
+    peaks = [r["cuda_peak_mb"] for r in runs if r.get("cuda_peak_mb") is not None]
+    above = [r["cuda_above_baseline_mb"] for r in runs if r.get("cuda_above_baseline_mb") is not None]
+    rates = [r["trigger_rate"] for r in runs if r["trigger_rate"] is not None]
     return {
-        "method": name, "context": ctx, "new_tokens": new_tokens,
-        "tokens_per_s": new_tokens / decode, "step_latency_ms": 1000.0 * decode / new_tokens,
-        "peak_rss_mb": peak,
-        "peak_rss_above_baseline_mb": None if peak is None else peak - memory["baseline_rss_mb"],
+        "schedule": schedule, "method": name, "context": ctx, "batch": batch, "new_tokens": new_tokens,
+        "tokens_per_s": batch * new_tokens / statistics.median(decode),
+        "step_latency_ms": {"min": latency[0], "median": statistics.median(latency), "max": latency[-1]},
+        "decode_s_runs": decode, "prefill_s": statistics.median(r["prefill_s"] for r in runs),
         "consolidations": runs[0]["consolidations"], "prompt_memory": runs[0]["prompt_memory"],
-        "prefill_s": statistics.median(r["prefill_s"] for r in runs),
-        "decode_s_runs": [r["decode_s"] for r in runs],
+        "trigger_rate": statistics.mean(rates) if rates else None,
+        "peak_mb": max(peaks) if peaks else None, "peak_above_baseline_mb": max(above) if above else None,
+        "memory_measure": "cuda max_memory_allocated" if peaks else None,
     }
 
 
-def ratios(results: list[dict]) -> dict:
-    """{"a/b": {context: {tokens_per_s, step_latency, peak_rss, peak_rss_above_baseline}}} for present pairs."""
-    by = {(r["method"], r["context"]): r for r in results}
-    out = {}
-    for a, b in RATIOS:
-        table = {}
-        for (method, ctx), ra in sorted(by.items(), key=lambda kv: kv[0][1]):
-            rb = by.get((b, ctx))
-            if method != a or rb is None:
-                continue
-            table[str(ctx)] = {
-                "tokens_per_s": ra["tokens_per_s"] / rb["tokens_per_s"],
-                "step_latency": ra["step_latency_ms"] / rb["step_latency_ms"],
-                "peak_rss": _ratio(ra["peak_rss_mb"], rb["peak_rss_mb"]),
-                "peak_rss_above_baseline": _ratio(ra["peak_rss_above_baseline_mb"], rb["peak_rss_above_baseline_mb"]),
-            }
-        if table:
-            out[f"{a}/{b}"] = table
+def ratios(results: list[dict]) -> list[dict]:
+    """FlashMem against vanilla and MemGen on each (schedule, batch, context) they share."""
+    by = {(r["schedule"], r["batch"], r["context"], r["method"]): r for r in results}
+    out = []
+    for (schedule, batch, ctx, method), fm in sorted(by.items()):
+        if method != "flashmem":
+            continue
+        for other in ("vanilla", "memgen"):
+            ref = by.get((schedule, batch, ctx, other))
+            if ref is not None:
+                out.append({"pair": f"flashmem/{other}", "schedule": schedule, "batch": batch, "context": ctx,
+                            "tokens_per_s": fm["tokens_per_s"] / ref["tokens_per_s"],
+                            "step_latency": fm["step_latency_ms"]["median"] / ref["step_latency_ms"]["median"],
+                            "peak": _ratio(fm["peak_mb"], ref["peak_mb"]),
+                            "peak_above_baseline": _ratio(fm["peak_above_baseline_mb"], ref["peak_above_baseline_mb"])})
     return out
 
 
@@ -265,112 +303,60 @@ def _ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
-# ---- peak memory, one process per method ------------------------------------------------------
-def peak_memory(args, names: list[str], contexts: list[int], notes: list[str]) -> dict:
-    """{method: {"baseline_rss_mb", "peak_rss_mb": {context: MB}, "measure"}}, one subprocess per method.
+def settings(cfg: BenchConfig, bb: Backbone, source: str, notes: list[str]) -> dict:
+    return {
+        "config": asdict(cfg), "model": cfg.model, "dtype": str(bb.dtype).removeprefix("torch."),
+        "device": str(bb.device), "device_name": torch.cuda.get_device_name(bb.device) if bb.device.type == "cuda" else None,
+        "prompt_source": source, "notes": notes, "machine": machine_info(),
+        "schedules": {"paper": f"prompt-end memory, then one consolidation after every {PAPER_ROUND} text tokens "
+                               "(8 rounds of K=8 latents + 32 tokens in 256 new tokens)",
+                      "calibrated": "each memory's own policy (FlashMem: monitor with its threshold; MemGen: delimiters)",
+                      "fixed": "prompt-end memory, then --consolidations more, one every new_tokens // (n + 1) steps"},
+        "timing": ("one process; per context, every repeat runs each method once, order rotated, after a warm-up run; "
+                   "decode time from the end of prefill to the last token, consolidations included; "
+                   "step latency = decode time / new tokens; tokens/s = batch * new tokens / median decode time"),
+    }
 
-    The workers run side by side, one torch thread each: they measure memory, not time, and several
-    multi-threaded processes on few cores slow each other down badly.
+
+# ---- CPU memory: one subprocess per method ------------------------------------------------------
+def cpu_peak_memory(cfg: BenchConfig, results: list[dict]) -> list[str]:
+    """Fill peak_mb / peak_above_baseline_mb of the first schedule's batch-1 rows from one worker per method.
+
+    The workers run side by side, one torch thread each: they measure memory, not time.
     """
-    procs = {}
-    for name in names:
-        spec = {"model": args.model, "dtype": args.dtype, "method": name, "contexts": contexts,
-                "memory": {"flashmem": args.memory, "memgen": args.memgen_memory}.get(name),
-                "new_tokens": args.new_tokens, "consolidations": args.consolidations, "data_dir": args.data_dir,
-                "threads": 1}
-        procs[name] = subprocess.Popen([sys.executable, "-m", "flashmem.bench", "--worker", json.dumps(spec)],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    print(f"bench: peak memory of {', '.join(names)}, each in its own process ...", file=sys.stderr, flush=True)
-    out = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate()
-        lines = [ln for ln in stdout.splitlines() if ln.startswith(WORKER_TAG)]
-        if proc.returncode != 0 or not lines:
-            last = (stderr.strip().splitlines() or [""])[-1]
-            notes.append(f"peak memory of {name} not measured: worker exited {proc.returncode}: {last}")
+    schedule = cfg.schedule_list[0]
+    specs = {name: {"config": asdict(cfg), "method": name, "schedule": schedule} for name in cfg.method_list}
+    print(f"bench: memory of {', '.join(specs)}, each in its own process ...", file=sys.stderr, flush=True)
+    measured, notes = run_workers("flashmem.bench", specs)
+    for row in results:
+        worker = measured.get(row["method"])
+        if worker is None or row["schedule"] != schedule or row["batch"] != 1:
             continue
-        out[name] = json.loads(lines[-1][len(WORKER_TAG):])
-    return out
-
-
-def rss_mb() -> float:
-    """This process's peak resident set so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def reset_peak_rss() -> bool:
-    """Linux: restart the kernel's peak-RSS counter (VmHWM) from the current RSS; False where impossible.
-
-    Needed because ru_maxrss never goes down: it holds the loading spike, and after fork + exec
-    even the parent's peak (Linux records the old mm's high-water mark at exec), which hid every
-    per-method difference in a first version of this benchmark.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return _proc_status_mb("VmHWM") is not None
-    except OSError:
-        return False
-
-
-def _proc_status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
+        row["peak_mb"] = worker["peak_mb"][str(row["context"])]
+        row["peak_above_baseline_mb"] = row["peak_mb"] - worker["baseline_mb"]
+        row["memory_measure"] = worker["measure"]
+    return notes
 
 
 def worker(spec: dict) -> dict:
     """Load and build one method, then per context (ascending): reset the peak, prefill + decode, read it."""
-    set_threads(spec.get("threads"))
-    bb = load(spec["model"], spec["dtype"])
-    memory = None
-    if spec["method"] != "vanilla":
-        memory = bench_memory(bb, spec["method"], spec["memory"], spec["consolidations"], spec["new_tokens"])
-    stream, _ = bench_text(bb.tokenizer, max(spec["contexts"]) + spec["new_tokens"], spec["data_dir"], bb)
-    gc.collect()
+    set_threads(1)
+    cfg = BenchConfig(**{k: v for k, v in spec["config"].items()})
+    bb = load_backbone(cfg.model, dtype=cfg.dtype, device="cpu")
+    stream, _ = bench_text(bb, max(cfg.context_list) + cfg.new_tokens, cfg.data_dir)
+    one = replace(cfg, methods=spec["method"] if spec["method"] == "vanilla" else f"vanilla,{spec['method']}")
+    memory, policy = bench_methods(bb, one, spec["schedule"], stream, [])[spec["method"]]
     resettable = reset_peak_rss()
-    baseline = _proc_status_mb("VmRSS") if resettable else rss_mb()
+    baseline = proc_status_mb("VmRSS") if resettable else rss_mb()
     peaks = {}
-    for ctx in sorted(spec["contexts"]):
+    for ctx in cfg.context_list:
         resettable = reset_peak_rss()
-        decode_once(bb, memory, stream, ctx, spec["new_tokens"])
-        peaks[str(ctx)] = _proc_status_mb("VmHWM") if resettable else rss_mb()
-    how = ("VmHWM per context after resetting it (/proc/self/clear_refs)" if resettable
-           else "ru_maxrss (cannot reset here: includes loading and the parent's peak)")
-    return {"method": spec["method"], "baseline_rss_mb": baseline, "peak_rss_mb": peaks, "measure": how}
-
-
-# ---- output -----------------------------------------------------------------------------------
-def _settings(args, bb, methods, contexts, source, notes) -> dict:
-    schedule = {name: {"budget": m.config.budget, "min_gap": m.config.min_gap, "trigger": m.config.trigger,
-                       "threshold": m.config.threshold, "num_latents": m.config.num_latents,
-                       "reprefill": m.config.reprefill} for name, m in methods.items() if m is not None}
-    return {
-        "model": args.model, "dtype": args.dtype, "contexts": contexts, "new_tokens": args.new_tokens,
-        "repeats": args.repeats, "consolidations": args.consolidations, "methods": list(methods),
-        "memory": {"flashmem": args.memory or "untrained", "memgen": args.memgen_memory or "untrained"},
-        "prompt_source": source,
-        "schedule": ("memory at the prompt end, then --consolidations more, one every new_tokens // "
-                     "(consolidations + 1) steps, identical for flashmem and memgen: trigger monitor with "
-                     f"threshold {SCHEDULE_THRESHOLD} (entropy >= 0, so budget and gap decide); memgen's "
-                     "delimiter trigger is overridden for the benchmark"),
-        "schedule_config": schedule,
-        "decoding": "teacher-forced on the text after the prompt, batch 1, so each method decodes exactly new_tokens",
-        "timing": ("one process; per context, every repeat runs each method once, order rotated; median; "
-                   "decode time runs from the end of prefill to the last token, consolidations included; "
-                   "step_latency_ms = decode time / new_tokens"),
-        "peak_memory": ("peak resident set of a subprocess running one method, per context (ascending): "
-                        "Linux VmHWM reset before each context, else ru_maxrss; baseline_rss_mb is the "
-                        "resident set after loading the model and building the memory"),
-        "notes": notes,
-        "machine": machine_info(),
-    }
+        decode_once(bb, memory, policy, stream, ctx, cfg.new_tokens)
+        peaks[str(ctx)] = proc_status_mb("VmHWM") if resettable else rss_mb()
+    how = ("cpu VmHWM per context (reset through /proc/self/clear_refs), subprocess per method; above the "
+           "resident set after loading the model and building the memory" if resettable
+           else "cpu ru_maxrss (cannot reset here: includes loading)")
+    return {"method": spec["method"], "baseline_mb": baseline, "peak_mb": peaks, "measure": how}
 
 
 def _worker_main(argv: list[str]) -> int:

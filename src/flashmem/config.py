@@ -1,76 +1,84 @@
-"""Configuration dataclasses: the memory (saved beside its weights) and one generation call."""
+"""Typed configuration values: the memory (saved beside its weights), one generation call, and the
+backbone options every command shares.
+
+Configs are frozen dataclasses: a new threshold is `replace(cfg, threshold=...)`, never a mutation
+that something else must undo. Every field carries a one-line help (its `option()` metadata) that
+the command line shows, and `__post_init__` validates with an error naming the bad value.
+"""
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import FlashmemError
+from .files import atomic_write_text
 
-METHODS = ("flashmem", "softprompt", "memgen")
 CONFIG_NAME = "memory_config.json"
+TRIGGERS = ("monitor", "delimiter", "always")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-@dataclass
+def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, choices=None,
+           flag: str | None = None, positional: bool = False, cli: bool = True, metavar: str | None = None) -> Any:
+    """A dataclass field with the metadata the command line is derived from (see cli/options.py)."""
+    meta = {"help": help, "choices": choices, "flag": flag, "positional": positional, "cli": cli, "metavar": metavar}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def check(rules: list[tuple[bool, str]], what: str) -> None:
+    """Raise one FlashmemError for the first rule that does not hold."""
+    for ok, message in rules:
+        if not ok:
+            raise FlashmemError(f"invalid {what}: {message}")
+
+
+@dataclass(frozen=True)
 class MemoryConfig:
     """Everything that defines a latent memory and when it fires. Saved as JSON beside the weights."""
 
-    method: str = "flashmem"
-    """flashmem (shared-KV consolidator), softprompt (static learned vectors) or memgen (LoRA weaver)."""
-    num_latents: int = 8
-    """K: latent vectors made per consolidation."""
-    num_layers: int = 1
-    """L: decoder layers copied into the consolidator (the last L of the backbone)."""
-    n_sinks: int = 4
-    """Attention-sink positions (the first tokens) removed before the monitor's entropy."""
-    threshold: float | None = None
-    """Monitor threshold tau; None until calibrated."""
-    percentile: float = 85.0
-    """Percentile of validation entropies that calibration turns into tau."""
-    budget: int = 2
-    """Most monitor-triggered consolidations per response (the prompt-end one not counted)."""
-    min_gap: int = 24
-    """Fewest answer tokens between two consolidations."""
-    prompt_memory: bool = True
-    """Make memory once at the end of the prompt."""
-    trigger_memory: bool = True
-    """Make memory during decoding when the trigger fires (False: prompt-end memory only)."""
-    trigger: str = "monitor"
-    """monitor (entropy above tau) or delimiter (after ',', '.', newline: MemGen's insertion rule)."""
-    lora_r: int = 16
-    """MemGen weaver LoRA rank."""
-    lora_alpha: int = 32
-    """MemGen weaver LoRA alpha."""
-    reprefill: bool = False
-    """MemGen: re-prefill the reasoner's whole cache after each insertion, as MemGen's code does."""
-    backbone: dict = field(default_factory=dict)
-    """Identity of the backbone this memory was made for (name, dimensions, fingerprint)."""
-    version: str = ""
-    """flashmem version that wrote the config."""
+    method: str = option("flashmem", "flashmem (shared-KV consolidator), softprompt or memgen (LoRA weaver)", cli=False)
+    num_latents: int = option(8, "K: latent vectors made per consolidation")
+    num_layers: int = option(1, "L: decoder layers copied into the consolidator (the last L)")
+    n_sinks: int = option(4, "attention-sink positions (the first tokens) removed before the monitor's entropy")
+    threshold: float | None = option(None, "monitor threshold tau (default: from the percentile)")
+    percentile: float = option(85.0, "entropy percentile that calibration turns into tau")
+    budget: int = option(2, "most triggered consolidations per answer (the prompt-end one not counted)")
+    min_gap: int = option(24, "fewest answer tokens between two consolidations")
+    prompt_memory: bool = option(True, "make memory once at the end of the prompt")
+    trigger_memory: bool = option(True, "make memory during decoding when the trigger fires (off: prompt-end only)")
+    trigger: str = option("monitor", "monitor (entropy above tau), delimiter (after ',', '.', newline: MemGen's "
+                          "rule) or always (whenever budget and gap allow: fixed benchmark schedules)", choices=TRIGGERS)
+    lora_r: int = option(16, "MemGen weaver LoRA rank")
+    lora_alpha: int = option(32, "MemGen weaver LoRA alpha")
+    reprefill: bool = option(False, "MemGen: re-prefill the reasoner's whole cache after each insertion, as its code does")
+    backbone: dict = option(default_factory=dict, help="identity of the backbone this memory was made for", cli=False)
+    version: str = option("", "flashmem version that wrote the config", cli=False)
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        checks = [
-            (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
+        # The method name is checked against the registry when a memory is built or loaded.
+        check([
+            (isinstance(self.method, str) and bool(self.method), f"method must be a name, got {self.method!r}"),
             (self.num_latents >= 1, f"num_latents must be >= 1, got {self.num_latents}"),
             (self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}"),
             (self.n_sinks >= 0, f"n_sinks must be >= 0, got {self.n_sinks}"),
-            (self.threshold is None or math.isfinite(self.threshold) or self.threshold == math.inf,
+            (self.threshold is None or (isinstance(self.threshold, (int, float)) and not math.isnan(self.threshold)),
              f"threshold must be a number, got {self.threshold!r}"),
             (0.0 < self.percentile < 100.0, f"percentile must be in (0, 100), got {self.percentile}"),
             (self.budget >= 0, f"budget must be >= 0, got {self.budget}"),
             (self.min_gap >= 1, f"min_gap must be >= 1, got {self.min_gap}"),
-            (self.trigger in ("monitor", "delimiter"), f"trigger must be monitor or delimiter, got {self.trigger!r}"),
+            (self.trigger in TRIGGERS, f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}"),
             (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FlashmemError(f"invalid memory config: {message}")
+        ], "memory config")
+
+    @property
+    def fires_on_entropy(self) -> bool:
+        """Whether the monitor's threshold decides when memory is made during decoding."""
+        return self.trigger_memory and self.budget > 0 and self.trigger == "monitor"
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CONFIG_NAME
@@ -86,45 +94,43 @@ class MemoryConfig:
             raw = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise FlashmemError(f"corrupt memory config {path}: {err}") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
         if unknown:
             raise FlashmemError(f"{path}: unknown fields {unknown}")
         return cls(**raw)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationConfig:
     """One generation call."""
 
-    max_new_tokens: int = 256
-    """Most tokens generated per row."""
-    temperature: float = 0.0
-    """0 is greedy; above 0 samples."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (with temperature > 0)."""
-    seed: int = 0
-    """Seed of the sampler."""
-    use_memory: bool = True
-    """False: plain decoding (the monitor may still run for a trace)."""
+    max_new_tokens: int = option(256, "most tokens generated per answer")
+    temperature: float = option(0.0, "0 is greedy; above 0 samples")
+    top_p: float = option(1.0, "nucleus sampling mass (with temperature > 0)")
+    seed: int = option(0, "seed of the sampler")
+    use_memory: bool = option(True, "False: plain decoding (the monitor may still run for a trace)")
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise FlashmemError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise FlashmemError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise FlashmemError(f"top_p must be in (0, 1], got {self.top_p}")
+        check([
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
+        ], "generation config")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary result files
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    """Which backbone a command runs on and where: the fields every command config starts with."""
+
+    model: str = option("smollm2-135m", "alias (smollm2-135m, the embedded default; qwen2.5-coder-0.5b), "
+                        "random:NAME, hub id, local folder or .gguf file")
+    dtype: str = option("auto", "backbone dtype (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        check([
+            (bool(self.model.strip()), "--model must not be empty"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
+        ], "model options")

@@ -5,11 +5,10 @@ own: its queries read the backbone's frozen cache of that layer directly. A seed
 hidden state into the first input; the layer then runs K steps autoregressively (its output is its
 next input), each step emitting one latent. Earlier latents are visible to later steps through
 keys/values made by the source layer's frozen projections, so nothing learns K/V and the history is
-never re-encoded.
+never re-encoded. The layer copy and its step are backbone operations (backbone.py); this file is
+the attention over [cache | latents] and the loop.
 """
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import nn
@@ -35,13 +34,8 @@ class SeedMLP(nn.Module):
 
 
 def shared_kv_attention(
-    query: torch.Tensor,
-    cache_keys: torch.Tensor,
-    cache_values: torch.Tensor,
-    visible: torch.Tensor,
-    latent_keys: torch.Tensor,
-    latent_values: torch.Tensor,
-    scaling: float,
+    query: torch.Tensor, cache_keys: torch.Tensor, cache_values: torch.Tensor, visible: torch.Tensor,
+    latent_keys: torch.Tensor, latent_values: torch.Tensor, scaling: float,
 ) -> torch.Tensor:
     """One query step over [frozen cache | latents so far], GQA without repeating the cache.
 
@@ -60,24 +54,16 @@ def shared_kv_attention(
     return out.reshape(b, 1, h * d)  # head order kv*G + g matches the backbone's repeat_kv
 
 
-def shared_kv_copy(layer: nn.Module) -> nn.Module:
-    """Deep copy of a decoder layer without K/V projections (and k_norm); every weight trainable."""
-    clone = copy.deepcopy(layer)
-    for name in ("k_proj", "v_proj", "k_norm"):
-        if hasattr(clone.self_attn, name):
-            setattr(clone.self_attn, name, None)
-    clone.requires_grad_(True)
-    return clone
-
-
 class Consolidator(LatentMemory):
+    method = "flashmem"
+
     def __init__(self, backbone: Backbone, config: MemoryConfig):
         super().__init__(backbone, config)
         d = backbone.hidden_size
         self.sources = list(range(backbone.n_layers - config.num_layers, backbone.n_layers))
         self.seed = SeedMLP(d)
-        self.layers = nn.ModuleList(shared_kv_copy(backbone.layer(i)) for i in self.sources)
-        self.out_norm = copy.deepcopy(backbone.final_norm()).requires_grad_(True)
+        self.layers = nn.ModuleList(backbone.shared_kv_copy(i) for i in self.sources)
+        self.out_norm = backbone.final_norm_copy()
         # Zero-initialised: the untrained latents are the memory's harmless anchor (see memory.py).
         self.out_proj = nn.Linear(d, d, bias=False)
         nn.init.zeros_(self.out_proj.weight)
@@ -86,25 +72,17 @@ class Consolidator(LatentMemory):
         bb = self.backbone
         visible = ctx.mask.bool()
         cache = [ctx.cache_kv(i) for i in self.sources]
-        latent_kv: list[list[list[torch.Tensor]]] = [[[], []] for _ in self.layers]
+        latent_kv: list[tuple[list, list]] = [([], []) for _ in self.layers]
         x = self.seed(ctx.hidden.to(self.out_proj.weight.dtype)).unsqueeze(1)  # (B, 1, d)
         latents = []
         for step in range(self.config.num_latents):
-            cos, sin = bb.rotary(x, (ctx.positions + step).unsqueeze(1))  # latents' own positions
-            for layer, src, (keys, values), lat in zip(self.layers, self.sources, cache, latent_kv):
-                x = self._layer_step(layer, bb.layer(src).self_attn, x, keys, values, visible, lat, cos, sin)
+            cos, sin = bb.rotary(x, (ctx.positions + step).unsqueeze(1))  # the latents' own positions
+            for layer, src, (keys, values), (lat_k, lat_v) in zip(self.layers, self.sources, cache, latent_kv):
+                query, k, v = bb.latent_qkv(layer, src, x, cos, sin)  # trained W_Q; the source's frozen W_K, W_V
+                lat_k.append(k)
+                lat_v.append(v)
+                attended = shared_kv_attention(query, keys, values, visible, torch.cat(lat_k, 2),
+                                               torch.cat(lat_v, 2), bb.scaling)
+                x = bb.finish_layer(layer, x, attended)
             latents.append(self.out_proj(self.out_norm(x)))
         return self.emit(torch.cat(latents, dim=1), x.shape[0])  # (B, K, d)
-
-    def _layer_step(self, layer, source_attn, x, keys, values, visible, lat, cos, sin) -> torch.Tensor:
-        bb = self.backbone
-        normed = layer.input_layernorm(x)
-        query = bb.project_query(layer.self_attn, normed, cos, sin)  # trained W_Q (and q_norm)
-        k, v = bb.project_kv(source_attn, normed, cos, sin)  # the source layer's frozen W_K, W_V
-        lat[0].append(k)
-        lat[1].append(v)
-        attn = shared_kv_attention(
-            query, keys, values, visible, torch.cat(lat[0], 2), torch.cat(lat[1], 2), bb.scaling
-        )
-        x = x + layer.self_attn.o_proj(attn)
-        return x + layer.mlp(layer.post_attention_layernorm(x))

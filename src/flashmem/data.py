@@ -2,7 +2,7 @@
 
 Local files are read from ``data_dir`` (argument, else ``$FLASHMEM_DATA_DIR``, else
 ``../shared/data`` from the working directory). The Hugging Face hub is tried only when the
-optional ``datasets`` library is importable. Bad rows stop loading with a FlashmemError naming
+``datasets`` library is importable (a dependency; tests stub it). Bad rows stop loading with a FlashmemError naming
 file and line, or with ``on_error="skip"`` are dropped and listed in the :class:`DataReport`.
 
 Answer texts (the training target) per source:
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from flashmem.answers import reference_final
-from flashmem.errors import FlashmemError
+from .answers import reference_final
+from .errors import FlashmemError
 
 ENV_DATA_DIR = "FLASHMEM_DATA_DIR"
 ON_ERROR = ("stop", "skip")
@@ -162,7 +162,8 @@ def _collect(
             kept.append(parse(row, line))
         except _RowError as err:
             if on_error == "stop":
-                hint = "; pass on_error='skip' to drop bad rows"
+                # Read by command-line and Python users alike: name both ways of skipping.
+                hint = "; fix the line, or skip bad rows (--on-bad-data skip; on_error='skip' in Python)"
                 raise FlashmemError(f"{report.path} line {line}: {err}{hint}") from None
             report.skipped.append((line, str(err)))
     report.kept = len(kept)
@@ -215,7 +216,7 @@ def _generic_parser(question_field: str | None, answer_field: str | None, kind: 
 def _hub_rows(hub_id: str, config: str | None, split: str) -> tuple[list | None, str]:
     """Rows from the Hugging Face hub, or (None, why not) when unavailable."""
     try:
-        import datasets  # optional: not a dependency of flashmem
+        import datasets  # a dependency, imported only when the hub is needed (it is slow to import)
     except ImportError:
         return None, "the 'datasets' library is not installed, so the hub was not tried"
     try:

@@ -1,7 +1,11 @@
-"""The decoding state and its steps: prefill, forward a chunk, monitor, consolidate and inject.
+"""The decoding core: the state that grows while a batch decodes, and its named steps.
 
-generation.py (free decoding) and sequence.py (teacher-forced training and scoring) are both built
-from these steps, so the memory a model is trained with is the memory it decodes with.
+prefill -> prompt_memory -> (decode_step -> maybe_consolidate)*, plus forward_chunk for the
+teacher-forced path and reprefill, the cache rebuild MemGen's code does after an insertion.
+generation.py (free decoding) and scoring.py (teacher-forced training and scoring) are two short
+loops over these steps with one Trigger (trigger.py), so the memory a model is trained with is the
+memory it decodes with. The state keeps each row's next position on the host as well, so checking
+the context limit never waits for the device.
 """
 from __future__ import annotations
 
@@ -10,8 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from .backbone import Backbone, StepOutput
+from .config import MemoryConfig
+from .errors import FlashmemError
 from .memory import LatentMemory, MemoryContext
 from .monitor import attention_entropy, sink_mask
+from .trigger import Trigger
 
 
 @dataclass
@@ -21,6 +28,7 @@ class DecodeState:
     cache: object
     mask: torch.Tensor  # (B, T) 1 for real cache slots (padding and skipped latent slots are 0)
     positions: torch.Tensor  # (B,) position of the next real slot
+    next_positions: list[int]  # the same on the host, so the context limit is checked without a sync
     sinks: torch.Tensor  # (B, T) the first n_sinks real prompt positions
     ids: torch.Tensor  # (B, T_ids) token ids so far (prompt and generated), left-padded
     ids_mask: torch.Tensor  # (B, T_ids)
@@ -33,10 +41,8 @@ class DecodeState:
         return self.mask.shape[1]
 
 
-def prefill(
-    bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, want_query: bool = False,
-    keep_inputs: bool = False,
-):
+def prefill(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, want_query: bool = False,
+            keep_inputs: bool = False) -> tuple[DecodeState, StepOutput]:
     """Encode left-padded prompts. Returns the state and the step output (query for every position)."""
     mask = mask.long()
     # Same position rule as transformers' generate for left padding.
@@ -44,32 +50,29 @@ def prefill(
     cache = bb.new_cache()
     embeds = bb.embed(ids)
     out = bb.forward(embeds, cache, positions, mask, want_query=want_query)
-    state = DecodeState(
-        cache=cache,
-        mask=mask,
-        positions=mask.sum(-1),
-        sinks=sink_mask(mask, n_sinks),
-        ids=ids,
-        ids_mask=mask,
-        hidden=out.hidden[:, -1],
-        logits=out.logits[:, -1],
-        inputs=[embeds] if keep_inputs else None,
-    )
+    if bb.cache_length(cache) != ids.shape[1]:  # e.g. a transformers that ignores our cache argument
+        raise FlashmemError(f"the backbone did not fill its cache ({bb.cache_length(cache)} of {ids.shape[1]} "
+                            "positions): this transformers version is not supported (use >=5.24,<5.40)")
+    lengths = mask.sum(-1)
+    state = DecodeState(cache=cache, mask=mask, positions=lengths, next_positions=lengths.tolist(),
+                        sinks=sink_mask(mask, n_sinks), ids=ids, ids_mask=mask, hidden=out.hidden[:, -1],
+                        logits=out.logits[:, -1], inputs=[embeds] if keep_inputs else None)
     return state, out
 
 
-def forward_chunk(
-    bb: Backbone, state: DecodeState, embeds: torch.Tensor, real: torch.Tensor,
-    want_query: bool = False, all_logits: bool = False,
-) -> StepOutput:
-    """Append embeds (B, Q, d) to the cache. Rows where real is False get masked slots (no position used)."""
+def forward_chunk(bb: Backbone, state: DecodeState, embeds: torch.Tensor, rows: list[bool],
+                  want_query: bool = False, all_logits: bool = False) -> StepOutput:
+    """Append embeds (B, Q, d) to the cache. Rows where rows[r] is False get masked slots (no position used)."""
     b, q, _ = embeds.shape
-    new_mask = real.long()[:, None].expand(b, q)
+    # All rows real (every decoding step) needs no host-to-device copy of the row flags.
+    real = None if all(rows) else torch.tensor(rows, device=embeds.device).long()
+    new_mask = state.mask.new_ones(b, q) if real is None else real[:, None].expand(b, q)
     positions = state.positions[:, None] + torch.arange(q, device=embeds.device)[None, :]
     state.mask = torch.cat([state.mask, new_mask], dim=1)
     state.sinks = torch.cat([state.sinks, torch.zeros_like(new_mask, dtype=torch.bool)], dim=1)
     out = bb.forward(embeds, state.cache, positions, state.mask, want_query=want_query, all_logits=all_logits)
-    state.positions = state.positions + q * real.long()
+    state.positions = state.positions + (q if real is None else q * real)
+    state.next_positions = [p + q * r for p, r in zip(state.next_positions, rows)]
     if state.inputs is not None:
         state.inputs.append(embeds)
     return out
@@ -91,29 +94,53 @@ def chunk_entropy(bb: Backbone, state: DecodeState, query: torch.Tensor) -> torc
     return attention_entropy(query, keys, visible, state.sinks, bb.scaling)
 
 
-def consolidate(
-    bb: Backbone, memory: LatentMemory, state: DecodeState, rows: torch.Tensor, keep_latents: bool = False
-) -> torch.Tensor | None:
+def decode_step(bb: Backbone, state: DecodeState, token: torch.Tensor, watch: bool) -> torch.Tensor | None:
+    """Feed one token per row (B,); the state's logits/hidden follow it. Returns the monitor entropy (B,)."""
+    append_tokens(state, token[:, None])
+    out = forward_chunk(bb, state, bb.embed(token[:, None]), [True] * token.shape[0], want_query=watch)
+    state.logits, state.hidden = out.logits[:, -1], out.hidden[:, -1]
+    return chunk_entropy(bb, state, out.query)[:, 0] if watch else None
+
+
+def consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, rows: list[bool]) -> torch.Tensor:
     """Make latents from the current state and inject them for `rows`; the next logits follow them."""
+    pick = torch.tensor(rows, device=state.mask.device)
     ctx = MemoryContext(bb, state.cache, state.mask, state.positions, state.hidden, state.ids, state.ids_mask)
-    if bool(rows.all()):
+    if all(rows):
         latents = memory(ctx)  # (B, K, d)
     else:
         # Only the rows that fire pay for a memory (MemGen re-encodes a row's whole context); the
         # others get masked slots, so the zeros standing in for their latents are never seen.
-        index = rows.nonzero().squeeze(-1)
+        index = torch.tensor([r for r, fire in enumerate(rows) if fire], device=pick.device)
         picked = memory(ctx.select(index))
-        latents = picked.new_zeros(rows.shape[0], *picked.shape[1:]).index_copy(0, index, picked)
+        latents = picked.new_zeros(len(rows), *picked.shape[1:]).index_copy(0, index, picked)
     out = forward_chunk(bb, state, latents, rows)
-    pick = rows[:, None]
-    state.logits = torch.where(pick, out.logits[:, -1], state.logits)
-    state.hidden = torch.where(pick, out.hidden[:, -1], state.hidden)
-    return latents if keep_latents else None
+    _take_last(state, out, pick)
+    return latents
+
+
+def prompt_memory(bb: Backbone, memory: LatentMemory, state: DecodeState, policy: MemoryConfig) -> torch.Tensor | None:
+    """Memory at the end of every prompt, when the policy asks for it and the context has room."""
+    if not policy.prompt_memory or not room_for(bb, state, policy.num_latents):
+        return None
+    return consolidate(bb, memory, state, [True] * state.mask.shape[0])
+
+
+def maybe_consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, trigger: Trigger,
+                      policy: MemoryConfig, rows: list[bool], step: int) -> torch.Tensor | None:
+    """Consolidate for the rows the trigger picked after answer step `step`, if the context has room."""
+    if not any(rows) or not room_for(bb, state, policy.num_latents + 1):
+        return None
+    latents = consolidate(bb, memory, state, rows)
+    if policy.reprefill:  # MemGen's code re-encodes the reasoner's whole sequence after an insertion
+        reprefill(bb, state, rows)
+    trigger.record(torch.tensor(rows, device=state.mask.device), step)
+    return latents
 
 
 def room_for(bb: Backbone, state: DecodeState, extra: int) -> bool:
     """Whether every row can still take `extra` positions within the model's context."""
-    return int(state.positions.max()) + extra <= bb.max_positions
+    return max(state.next_positions) + extra <= bb.max_positions
 
 
 def drop_last(bb: Backbone, state: DecodeState, n: int) -> None:
@@ -124,17 +151,26 @@ def drop_last(bb: Backbone, state: DecodeState, n: int) -> None:
     state.mask, state.sinks = state.mask[:, :-n], state.sinks[:, :-n]
     state.ids, state.ids_mask = state.ids[:, :-n], state.ids_mask[:, :-n]
     state.positions = state.positions - n
+    state.next_positions = [p - n for p in state.next_positions]
     if state.inputs is not None:
         state.inputs = [torch.cat(state.inputs, 1)[:, :-n]]
 
 
-def rebuild_cache(bb: Backbone, state: DecodeState, rows: torch.Tensor) -> None:
-    """MemGen's re-prefill: throw the cache away and re-encode every input so far (same numbers, its cost)."""
-    from .memgen import reprefill
+def reprefill(bb: Backbone, state: DecodeState, rows: list[bool]) -> None:
+    """MemGen's re-prefill: throw the cache away and re-encode every input so far (same numbers, its cost).
 
+    The inputs are the embeddings the reasoner was fed, in cache order (left padding and masked
+    latent slots included); positions follow from the mask because every real slot took the next one.
+    """
     inputs = torch.cat(state.inputs, 1)
     state.inputs = [inputs]
-    state.cache, out = reprefill(bb, inputs, state.mask)
-    pick = rows[:, None]
-    state.logits = torch.where(pick, out.logits[:, -1], state.logits)
-    state.hidden = torch.where(pick, out.hidden[:, -1], state.hidden)
+    mask = state.mask.long()
+    state.cache = bb.new_cache()
+    out = bb.forward(inputs, state.cache, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1), mask)
+    _take_last(state, out, torch.tensor(rows, device=mask.device))
+
+
+def _take_last(state: DecodeState, out: StepOutput, pick: torch.Tensor) -> None:
+    """The picked rows' next logits and hidden state come from the last slot of out."""
+    state.logits = torch.where(pick[:, None], out.logits[:, -1], state.logits)
+    state.hidden = torch.where(pick[:, None], out.hidden[:, -1], state.hidden)

@@ -1,4 +1,4 @@
-"""`flashmem eval`: accuracy, answer NLL and cost of one memory method on a question set.
+"""Evaluating one memory method on a question set: `EvalConfig` and `evaluate(cfg)`.
 
 Per question: greedy batched generation (left padding, chat template), correctness of the final
 answer, the teacher-forced NLL of the reference answer (memory placed where the trigger fires),
@@ -7,82 +7,113 @@ batch finishes, so a killed run resumes; the summary goes to OUT (JSON) and OUT.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .answers import is_correct
-from .api import FlashMem, prompt_threshold
+from .api import FlashMem
 from .backbone import Backbone
-from .cli import add_model_argument
-from .config import GenerationConfig, MemoryConfig, atomic_write_text
+from .config import GenerationConfig, MemoryConfig, ModelOptions, check, option
+from .data import Example, load_examples
+from .delimiters import delimiter_token_mask
 from .errors import FlashmemError
+from .files import atomic_write_text
 from .generation import generate
-from .memory import WEIGHTS_NAME, LatentMemory, build_memory, load_memory
+from .loader import load_backbone
+from .memory import LatentMemory
 from .records import RecordFile
-from .report import compare_runs, comparison_markdown, fmt, fmt_ci, has_accuracy, machine_info, markdown_table
-from .sequence import find_insertions
-from .stats import mean_ci, proportion_ci
+from .registry import METHOD_NAMES, WEIGHTS_NAME, build_memory, default_config, load_memory
+from .report import compare_runs, comparison_markdown, machine_info, summarize, summary_markdown
+from .scoring import find_insertions
+from .thresholds import needs_threshold, prompt_threshold
 
-METHODS = ("vanilla", "flashmem", "memgen", "softprompt")
+EVAL_METHODS = ("vanilla", *METHOD_NAMES)
 # An uncalibrated memory's threshold comes from the entropies of the set's first prompts; fixed
 # prompts (not the current batch) keep it the same when a run resumes or grows its --limit.
 THRESHOLD_PROMPTS = 8
 
-__all__ = ["compare_runs", "evaluate", "summarize", "summary_markdown", "register", "run"]
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(ModelOptions):
+    """Everything `flashmem eval` needs; stored in the result file."""
+
+    method: str = option(MISSING, "memory method (vanilla: the plain model)", choices=EVAL_METHODS)
+    memory: str | None = option(None, "trained memory folder (from `flashmem train`)")
+    untrained: bool = option(False, "without --memory, evaluate an untrained memory (a plumbing check)")
+    prompt_memory_only: bool = option(False, "ablation: keep the prompt-end memory, make none during decoding")
+    data: str = option(MISSING, "gsm8k, math500, mawps, recall[:...], a .jsonl file or a hub id")
+    split: str = option("test", "data split")
+    data_dir: str | None = option(None, "folder holding NAME/SPLIT.jsonl (default $FLASHMEM_DATA_DIR or ../shared/data)")
+    limit: int | None = option(None, "first N questions only")
+    batch_size: int = option(8, "questions generated together")
+    max_new_tokens: int = option(256, "most tokens per answer")
+    nll_only: bool = option(False, "only the reference answers' NLL, no generation (fast; no accuracy)")
+    out: str = option(MISSING, "summary JSON; records and markdown go beside it", metavar="FILE.json")
+    compare: list[str] = option(default_factory=list, help="paired comparison with other runs on the shared questions",
+                                metavar="OTHER.json")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check([
+            (self.limit is None or self.limit >= 1, f"--limit must be >= 1, got {self.limit}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.method != "vanilla" or not (self.memory or self.untrained),
+             "--method vanilla takes no --memory or --untrained (it is the plain model)"),
+            (self.method == "vanilla" or bool(self.memory) or self.untrained,
+             f"--method {self.method} needs --memory DIR (a trained memory), or --untrained to evaluate an "
+             "untrained one as a plumbing check"),
+            (not (self.memory and self.untrained), "--memory and --untrained exclude each other"),
+        ], "evaluation config")
+        missing = [path for path in self.compare if not Path(path).is_file()]
+        if missing:
+            raise FlashmemError(f"--compare: run not found: {', '.join(missing)}")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a memory method: accuracy, answer NLL, cost",
-                       description="Evaluate vanilla decoding or a latent memory on a question set. "
-                       "Per-question records go to OUT.records.jsonl (rerun the same command to resume), "
-                       "the summary to OUT and a markdown table to OUT.md.")
-    add_model_argument(p)
-    p.add_argument("--method", required=True, choices=METHODS, help="memory method (vanilla: plain model)")
-    p.add_argument("--memory", help="trained memory folder (from `flashmem train`)")
-    p.add_argument("--untrained", action="store_true",
-                   help="without --memory, evaluate an untrained memory (a plumbing check)")
-    p.add_argument("--prompt-memory-only", action="store_true",
-                   help="ablation: keep the prompt-end memory, make none during decoding")
-    p.add_argument("--data", required=True, help="gsm8k, math500, mawps, a .jsonl file or a hub id")
-    p.add_argument("--split", default="test", help="data split (default test)")
-    p.add_argument("--data-dir", help="folder holding NAME/SPLIT.jsonl (default $FLASHMEM_DATA_DIR or ../shared/data)")
-    p.add_argument("--limit", type=int, help="first N questions only")
-    p.add_argument("--batch-size", type=int, default=8, help="questions generated together (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per answer (default 256)")
-    p.add_argument("--nll-only", action="store_true",
-                   help="only the reference answers' NLL, no generation (fast; accuracy is not measured)")
-    p.add_argument("--out", required=True, metavar="FILE.json", help="summary JSON; records and markdown go beside it")
-    p.add_argument("--compare", nargs="+", metavar="OTHER.json", default=[],
-                   help="paired comparison of this run with other runs on the shared questions")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    _check_arguments(args)
-    from .data import load_examples
-
-    examples, report = load_examples(args.data, args.split, args.data_dir)
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run (or resume) the evaluation; write the records, the summary JSON and its markdown; return the summary."""
+    examples, report = load_examples(cfg.data, cfg.split, cfg.data_dir)
     if report.skipped:
         print(f"note: {report.summary()}", file=sys.stderr)
-    bb, memory, notes = _load_method(args)
-    fm = FlashMem(bb, memory, trained=args.memory is not None)
-    notes += _ensure_threshold(fm, examples)
+    bb = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    memory, policy, notes = method_memory(cfg, bb)
+    fm = FlashMem(bb, memory, trained=cfg.memory is not None, config=policy)
+    notes += ensure_threshold(fm, examples)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    examples = examples[: args.limit] if args.limit else examples
-    identity = _identity(args, bb, memory)
-    settings = {**identity, "memory": args.memory or ("untrained" if memory is not None else None),
-                "limit": args.limit, "batch_size": args.batch_size, "data_dir": args.data_dir,
-                "data_source": report.path, "notes": notes, "machine": machine_info()}
-    out = Path(args.out)
+    examples = examples[: cfg.limit] if cfg.limit else examples
+    identity = record_identity(cfg, fm)
+    settings = {**identity, "memory": cfg.memory or ("untrained" if memory is not None else None),
+                "limit": cfg.limit, "batch_size": cfg.batch_size, "data_dir": cfg.data_dir,
+                "data_source": report.path, "notes": notes, "machine": machine_info(), "config": asdict(cfg)}
+    out = Path(cfg.out)
+    records = open_records(out, identity, settings, examples)
+    run_questions(fm, examples, GenerationConfig(max_new_tokens=cfg.max_new_tokens), cfg.batch_size, records,
+                  label=cfg.method, nll_only=cfg.nll_only)
+    summary = summarize([records.done[ex.line] for ex in examples], settings)
+    summary["records_file"] = records.path.name
+    text = summary_markdown(summary)
+    if cfg.compare:  # compare_runs reads this run from its files like any other run
+        write_summary(out, summary, text)
+        summary["comparison"] = compare_runs([*cfg.compare, out])
+        text += "\n\n" + comparison_markdown(summary["comparison"])
+    write_summary(out, summary, text)
+    summary["markdown"] = text
+    return summary
+
+
+def records_path(out: Path) -> Path:
+    return out.with_suffix(".records.jsonl")
+
+
+def open_records(out: Path, identity: dict, settings: dict, examples: list[Example]) -> RecordFile:
+    """The run's record file, refusing one whose question ids now hold other questions."""
     records = RecordFile(records_path(out), identity, settings)
     changed = [ex.line for ex in examples
                if ex.line in records.done and records.done[ex.line].get("question_sha") != question_sha(ex.question)]
@@ -92,22 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if records.done:
         print(f"resuming: {sum(ex.line in records.done for ex in examples)} of {len(examples)} questions "
               f"already in {records.path}", file=sys.stderr)
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    evaluate(fm, examples, gen, args.batch_size, records, label=args.method, nll_only=args.nll_only)
-    summary = summarize([records.done[ex.line] for ex in examples], settings)
-    summary["records_file"] = records.path.name
-    text = summary_markdown(summary)
-    write_summary(out, summary, text)
-    if args.compare:  # compare_runs reads this run from its files like any other run
-        summary["comparison"] = compare_runs([*args.compare, out])
-        text += "\n\n" + comparison_markdown(summary["comparison"])
-        write_summary(out, summary, text)
-    print(text)
-    return 0
-
-
-def records_path(out: Path) -> Path:
-    return out.with_suffix(".records.jsonl")
+    return records
 
 
 def write_summary(out: Path, summary: dict, text: str) -> None:
@@ -116,81 +132,44 @@ def write_summary(out: Path, summary: dict, text: str) -> None:
 
 
 # ---- setting up a method ----------------------------------------------------------------------
-def _check_arguments(args) -> None:
-    if args.limit is not None and args.limit < 1:
-        raise FlashmemError(f"--limit must be >= 1, got {args.limit}")
-    if args.batch_size < 1:
-        raise FlashmemError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_new_tokens < 1:
-        raise FlashmemError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.method == "vanilla" and (args.memory or args.untrained):
-        raise FlashmemError("--method vanilla takes no --memory or --untrained (it is the plain model)")
-    if args.method != "vanilla" and not args.memory and not args.untrained:
-        raise FlashmemError(f"--method {args.method} needs --memory DIR (a trained memory), "
-                            "or --untrained to evaluate an untrained one as a plumbing check")
-    if args.memory and args.untrained:
-        raise FlashmemError("--memory and --untrained exclude each other")
-    missing = [path for path in args.compare if not Path(path).is_file()]
-    if missing:
-        raise FlashmemError(f"--compare: run not found: {', '.join(missing)}")
-    if args.method == "memgen":
-        import importlib.util
-        if importlib.util.find_spec("flashmem.memgen") is None:
-            raise FlashmemError("the MemGen baseline (flashmem.memgen) is not available in this installation")
-
-
-def _load_method(args) -> tuple[Backbone, LatentMemory | None, list[str]]:
-    from .models import load_backbone
-
-    hf_model, tokenizer = load_backbone(args.model, dtype=args.dtype)
-    bb = Backbone(hf_model, tokenizer, name=args.model)
-    if args.method == "vanilla":
-        return bb, None, []
-    if args.memory:
-        memory = load_memory(args.memory, bb)
-        if memory.config.method != args.method:
-            raise FlashmemError(f"memory {args.memory} is a {memory.config.method} memory, not {args.method}")
-        if args.prompt_memory_only:  # the ablation: what memory made during decoding adds
-            memory.config.trigger_memory = False
-            return bb, memory, ["prompt-end memory only (--prompt-memory-only): no memory during decoding"]
-        return bb, memory, []
+def method_memory(cfg: EvalConfig, bb: Backbone) -> tuple[LatentMemory | None, MemoryConfig | None, list[str]]:
+    """The memory cfg asks for (None for vanilla), the policy it runs with, and notes on what was built."""
+    if cfg.method == "vanilla":
+        return None, None, []
+    if cfg.memory:
+        memory = load_memory(cfg.memory, bb)
+        if memory.config.method != cfg.method:
+            raise FlashmemError(f"memory {cfg.memory} is a {memory.config.method} memory, not {cfg.method}")
+        if cfg.prompt_memory_only:  # the ablation: what memory made during decoding adds
+            return memory, replace(memory.config, trigger_memory=False), \
+                ["prompt-end memory only (--prompt-memory-only): no memory during decoding"]
+        return memory, memory.config, []
     torch.manual_seed(0)  # an untrained memory is the same one on every run (resume depends on it)
-    if args.method == "memgen":
-        from .memgen import memgen_config
-        config = memgen_config()  # MemGen's own policy: delimiter trigger, its budget
-    else:
-        config = MemoryConfig(method=args.method)
-    memory = build_memory(bb, config)
-    return bb, memory, [f"UNTRAINED {args.method} memory (plumbing check, not a trained result)"]
+    memory = build_memory(bb, default_config(cfg.method))  # the method's own policy (MemGen: delimiters)
+    return memory, memory.config, [f"UNTRAINED {cfg.method} memory (plumbing check, not a trained result)"]
 
 
-def _ensure_threshold(fm: FlashMem, examples) -> list[str]:
+def ensure_threshold(fm: FlashMem, examples: list[Example]) -> list[str]:
     """Give an uncalibrated monitor-triggered memory a threshold from the set's first prompts."""
-    memory = fm.memory
-    if memory is None:
-        return []
-    cfg = memory.config
-    if cfg.trigger != "monitor" or not cfg.trigger_memory or cfg.budget == 0 or cfg.threshold is not None:
+    if not needs_threshold(fm.config):
         return []
     ids, mask = fm.encode([ex.question for ex in examples[:THRESHOLD_PROMPTS]])
-    cfg.threshold = prompt_threshold(fm.backbone, ids, mask, cfg.n_sinks, cfg.percentile)
-    return [f"memory has no calibrated threshold; using the {cfg.percentile:g}th percentile of the monitor's "
-            f"entropy over the first {len(ids)} prompts: {cfg.threshold:.4f} (run `flashmem calibrate`)"]
+    fm.config = replace(fm.config, threshold=prompt_threshold(fm.backbone, ids, mask, fm.config))
+    return [f"memory has no calibrated threshold; using the {fm.config.percentile:g}th percentile of the monitor's "
+            f"entropy over the first {len(ids)} prompts: {fm.config.threshold:.4f} (run `flashmem calibrate`)"]
 
 
-def _identity(args, bb: Backbone, memory: LatentMemory | None) -> dict:
+def record_identity(cfg: EvalConfig, fm: FlashMem) -> dict:
     """The settings that define what a record means; a resumed run must match them exactly."""
-    from .models import model_identity
-
-    identity = {"model": args.model, "model_fingerprint": model_identity(bb.model, bb.name)["fingerprint"],
-                "dtype": args.dtype, "method": args.method, "data": args.data, "split": args.split,
-                "max_new_tokens": args.max_new_tokens, "prompt": "chat template, greedy"}
-    if args.nll_only:  # only then, so records written before the option existed still resume
+    bb = fm.backbone
+    identity = {"model": cfg.model, "model_fingerprint": bb.identity()["fingerprint"],
+                "dtype": str(bb.dtype).removeprefix("torch."), "method": cfg.method, "data": cfg.data,
+                "split": cfg.split, "max_new_tokens": cfg.max_new_tokens, "prompt": "chat template, greedy"}
+    if cfg.nll_only:  # only then, so records written before the option existed still resume
         identity["nll_only"] = True
-    if memory is not None:
-        cfg = {k: v for k, v in asdict(memory.config).items() if k != "version"}
-        identity["memory_config"] = cfg
-        identity["memory_weights"] = _file_digest(Path(args.memory) / WEIGHTS_NAME) if args.memory else "untrained, seed 0"
+    if fm.config is not None:
+        identity["memory_config"] = {k: v for k, v in asdict(fm.config).items() if k != "version"}
+        identity["memory_weights"] = _file_digest(Path(cfg.memory) / WEIGHTS_NAME) if cfg.memory else "untrained, seed 0"
     return identity
 
 
@@ -199,8 +178,8 @@ def _file_digest(path: Path) -> str:
 
 
 # ---- the evaluation loop -----------------------------------------------------------------------
-def evaluate(fm: FlashMem, examples, gen: GenerationConfig, batch_size: int, records: RecordFile,
-             label: str = "", progress: bool = True, nll_only: bool = False) -> None:
+def run_questions(fm: FlashMem, examples: list[Example], gen: GenerationConfig, batch_size: int,
+                  records: RecordFile, label: str = "", progress: bool = True, nll_only: bool = False) -> None:
     """Generate and score every example not yet in `records`, appending a batch at a time."""
     from tqdm import tqdm
 
@@ -222,14 +201,14 @@ def evaluate(fm: FlashMem, examples, gen: GenerationConfig, batch_size: int, rec
         bar.close()
 
 
-def score_batch(fm: FlashMem, batch, gen: GenerationConfig) -> list[dict]:
+def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig) -> list[dict]:
     """Records for a batch: generation (timed together) then one teacher-forced NLL per question."""
-    bb, memory = fm.backbone, fm.memory
+    bb = fm.backbone
     ids, mask = fm.encode([ex.question for ex in batch])
     start = time.perf_counter()
-    result = generate(bb, ids, mask, memory, gen, monitor=False)
+    result = generate(bb, ids, mask, fm.memory, gen, monitor=False, policy=fm.config)
     gen_seconds = (time.perf_counter() - start) / len(batch)
-    trigger = _trigger_counter(bb, memory)
+    trigger = trigger_counter(bb, fm.config if fm.memory is not None else None)
     rows = []
     for r, ex in enumerate(batch):
         tokens = result.tokens[r]
@@ -249,7 +228,7 @@ def score_batch(fm: FlashMem, batch, gen: GenerationConfig) -> list[dict]:
     return rows
 
 
-def nll_record(fm: FlashMem, ex) -> dict:
+def nll_record(fm: FlashMem, ex: Example) -> dict:
     """A record with the reference answer's NLL only (--nll-only): no generation, accuracy None."""
     start = time.perf_counter()
     nll = answer_nll(fm, ex)
@@ -265,93 +244,29 @@ def question_sha(question: str) -> str:
     return hashlib.sha1(question.encode()).hexdigest()[:12]
 
 
-def answer_nll(fm: FlashMem, ex) -> tuple[float | None, int, list[int]]:
+def answer_nll(fm: FlashMem, ex: Example) -> tuple[float | None, int, list[int]]:
     """(summed NLL, tokens, insertions) of the reference answer + EOS; NLL None when it cannot fit."""
-    bb, memory = fm.backbone, fm.memory
+    bb, cfg = fm.backbone, fm.config if fm.memory is not None else None
     prompt, _ = fm.encode([ex.question])
     tok = bb.tokenizer
     answer = tok(ex.answer, add_special_tokens=False)["input_ids"]
     answer += [tok.eos_token_id] if tok.eos_token_id is not None else []  # the model should also stop
     answer = torch.tensor(answer, device=bb.device)
-    cfg = memory.config if memory is not None else None
     extra = 0 if cfg is None else cfg.num_latents * (1 + cfg.budget)
     if prompt.shape[1] + answer.numel() + extra > bb.max_positions:
         return None, int(answer.numel()), []
-    scored = find_insertions(bb, memory, prompt[0], answer)
+    scored = find_insertions(bb, fm.memory, prompt[0], answer, policy=cfg)
     return float(scored.nll), scored.n_tokens, list(scored.insertions)
 
 
-def _trigger_counter(bb: Backbone, memory: LatentMemory | None):
+def trigger_counter(bb: Backbone, policy: MemoryConfig | None):
     """f(result, row, steps) -> steps on which the method's trigger signal was raised, or None."""
-    if memory is None or not memory.config.trigger_memory:
+    if policy is None or not policy.trigger_memory:
         return None
-    cfg = memory.config
-    if cfg.trigger == "monitor":
-        return lambda result, r, steps: sum(e > cfg.threshold for e in result.traces[r].entropy[:steps])
-    from .delimiters import delimiter_token_mask
-
-    delimiters = delimiter_token_mask(bb.tokenizer, bb.model.config.vocab_size).tolist()
+    if policy.trigger == "monitor":
+        return lambda result, r, steps: sum(e > policy.threshold for e in result.traces[r].entropy[:steps])
+    delimiters = delimiter_token_mask(bb.tokenizer, bb.vocab_size).tolist()
     return lambda result, r, steps: sum(bool(delimiters[t]) for t in result.tokens[r][:steps])
-
-
-# ---- summary -----------------------------------------------------------------------------------
-def summarize(records: list[dict], settings: dict) -> dict:
-    """Aggregate records into the run's summary (all intervals 95%)."""
-    if not records:
-        raise FlashmemError("no questions were evaluated")
-    n = len(records)
-    generated = has_accuracy(records)  # False for --nll-only runs
-    correct = sum(bool(r["correct"]) for r in records) if generated else None
-    acc, lo, hi = proportion_ci(correct, n) if generated else (None, None, None)
-    scored = [r for r in records if r.get("nll") is not None]
-    nll_tokens = sum(r["nll_tokens"] for r in scored)
-    per_q = [r["nll"] / r["nll_tokens"] for r in scored if r["nll_tokens"]]
-    q_mean, q_lo, q_hi = mean_ci(per_q) if per_q else (None, None, None)
-    watched = [r for r in records if r.get("trigger_steps") is not None]
-    steps = sum(r["decode_steps"] for r in watched)
-    gen_tokens = sum(r["gen_tokens"] for r in records)
-    gen_seconds = sum(r["gen_seconds"] for r in records)
-    return {
-        "settings": settings,
-        "n": n,
-        "accuracy": {"value": acc, "lo": lo, "hi": hi, "correct": correct, "n": n},
-        "nll_per_token": sum(r["nll"] for r in scored) / nll_tokens if nll_tokens else None,
-        "nll_per_question": {"mean": q_mean, "lo": _finite(q_lo), "hi": _finite(q_hi), "n": len(per_q)},
-        "nll_insertions_per_answer": sum(len(r["nll_insertions"]) for r in scored) / len(scored) if scored else None,
-        "consolidations_per_answer": sum(r["consolidations"] for r in records) / n if generated else None,
-        "prompt_memory_rate": sum(bool(r["prompt_memory"]) for r in records) / n if generated else None,
-        "trigger_rate": sum(r["trigger_steps"] for r in watched) / steps if steps else None,
-        "generated_tokens": {"total": gen_tokens, "mean": gen_tokens / n},
-        # Answers cut by --max-new-tokens: a cap that cuts one method's answers more than another's
-        # decides part of their accuracy difference.
-        "at_token_limit": (sum(r["gen_tokens"] >= settings["max_new_tokens"] for r in records) / n
-                           if generated else None),
-        "tokens_per_s": gen_tokens / gen_seconds if gen_seconds > 0 else None,
-        "nll_only": not generated,
-        "seconds_per_question": sum(r["gen_seconds"] + r["nll_seconds"] for r in records) / n,
-    }
-
-
-def summary_markdown(summary: dict) -> str:
-    s, acc = summary["settings"], summary["accuracy"]
-    memory = s.get("memory") or "-"
-    row = [s["method"], Path(str(memory)).name if memory not in ("-", "untrained") else memory,
-           f"{s['data']} ({s['split']})", summary["n"],
-           fmt_ci(acc["value"], acc["lo"], acc["hi"], percent=True), fmt(summary["nll_per_token"]),
-           fmt(summary["consolidations_per_answer"], 2), fmt(summary["trigger_rate"]),
-           fmt(summary["generated_tokens"]["mean"], 1), fmt(summary.get("at_token_limit")),
-           fmt(summary["tokens_per_s"], 1), fmt(summary["seconds_per_question"], 2)]
-    table = markdown_table(
-        ["method", "memory", "data", "n", "accuracy [95% CI]", "NLL/token", "consolidations/answer",
-         "trigger rate", "tokens/answer", "at token limit", "tokens/s", "s/question"], [row])
-    m = s.get("machine", {})
-    return (f"{table}\n\nModel {s['model']} ({s['dtype']}), greedy, max {s['max_new_tokens']} new tokens, "
-            f"batch {s['batch_size']}; machine: {m.get('processor')}, {m.get('cpu_count')} CPUs, "
-            f"{m.get('torch_threads')} torch threads.")
-
-
-def _finite(value):
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def _json_default(value):

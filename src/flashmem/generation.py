@@ -1,9 +1,11 @@
-"""Free decoding with FlashMem memory: prefill, memory at the prompt end, then decode one token at a
-time, watching the monitor and consolidating when it fires (within the budget and gap).
+"""Free decoding with latent memory: prefill, memory at the prompt end, then one token at a time,
+consolidating where the trigger fires (within the budget and gap).
 
-Batched with left padding; rows finish independently at EOS; greedy or temperature/top-p sampling.
-With `forced` tokens the same loop scores a given answer (teacher forcing), which is how the tests
-check that training and inference assign the same likelihood.
+Batched with left padding; rows finish independently at EOS; greedy or temperature/top-p sampling
+(the sampler's generator lives on the model's device). With `forced` tokens the same loop scores a
+given answer (teacher forcing), which is how the tests check that training and inference assign
+the same likelihood. The loop reads back from the device once per step: whether every row has
+finished and which rows fire, together.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .backbone import Backbone
-from .config import GenerationConfig
-from .engine import append_tokens, chunk_entropy, consolidate, forward_chunk, prefill, rebuild_cache, room_for
+from .config import GenerationConfig, MemoryConfig
+from .engine import DecodeState, decode_step, maybe_consolidate, prefill, prompt_memory, room_for
 from .memory import LatentMemory
-from .monitor import TriggerState, may_fire, record_fire
+from .trigger import Trigger
+
+DEFAULT_SINKS = 4  # the monitor's sinks when there is no memory config to read them from
 
 
 @dataclass
@@ -38,6 +42,19 @@ class GenerationResult:
     latents: list[tuple[int, torch.Tensor]] | None = None  # (step, (B, K, d)) per injection; -1 = prompt end
 
 
+@dataclass
+class _Log:
+    """What a generate call keeps while it runs (device tensors; read back once at the end)."""
+
+    keep: bool
+    tokens: list[torch.Tensor] = field(default_factory=list)
+    entropy: list[torch.Tensor] = field(default_factory=list)
+    logprobs: list[torch.Tensor] = field(default_factory=list)
+    step_logits: list[torch.Tensor] = field(default_factory=list)
+    latents: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    fired: list[tuple[int, list[bool]]] = field(default_factory=list)
+
+
 def choose_token(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator | None) -> torch.Tensor:
     if gen.temperature == 0.0:
         return logits.argmax(-1)
@@ -51,128 +68,110 @@ def choose_token(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generat
     return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
 
 
-def stop_ids(bb: Backbone) -> set[int]:
-    ids: set[int] = set()
-    for source in (bb.model.config, getattr(bb.model, "generation_config", None)):
-        eos = getattr(source, "eos_token_id", None) if source is not None else None
-        if eos is not None:
-            ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
-    if bb.tokenizer is not None and bb.tokenizer.eos_token_id is not None:
-        ids.add(bb.tokenizer.eos_token_id)
-    return ids
-
-
-def pad_id(bb: Backbone) -> int:
-    if bb.tokenizer is not None and bb.tokenizer.pad_token_id is not None:
-        return bb.tokenizer.pad_token_id
-    return min(stop_ids(bb) or {0})
+def active_policy(memory: LatentMemory | None, gen: GenerationConfig, policy: MemoryConfig | None) -> MemoryConfig | None:
+    """The insertion policy this call runs: None for plain decoding, else `policy` or the memory's own."""
+    if memory is None or not gen.use_memory:
+        return None
+    return policy if policy is not None else memory.config
 
 
 @torch.no_grad()
 def generate(
-    bb: Backbone,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    memory: LatentMemory | None = None,
-    gen: GenerationConfig | None = None,
-    forced: torch.Tensor | None = None,
-    monitor: bool = True,
-    keep_logits: bool = False,
+    bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, memory: LatentMemory | None = None,
+    gen: GenerationConfig | None = None, forced: torch.Tensor | None = None, monitor: bool = True,
+    keep_logits: bool = False, policy: MemoryConfig | None = None,
 ) -> GenerationResult:
     """Generate for left-padded prompts ids/mask (B, T).
 
-    memory None or gen.use_memory False: plain decoding. monitor False skips the entropy (fastest
-    plain path); with memory on and a monitor trigger it always runs.
+    memory None or gen.use_memory False: plain decoding. policy: the insertion policy (threshold,
+    budget, gap, ...) to run instead of memory.config. monitor False skips the entropy when no
+    trigger needs it (fastest plain path).
     """
     gen = gen or GenerationConfig()
-    cfg = memory.config if memory is not None else None
-    use_memory = memory is not None and gen.use_memory
-    fires_on_entropy = use_memory and cfg.trigger_memory and cfg.trigger == "monitor"
-    watch = monitor or fires_on_entropy
-    threshold = cfg.threshold if cfg is not None else None
-    if fires_on_entropy and threshold is None:
-        raise ValueError("memory has no threshold: calibrate it or set config.threshold")
-    b = ids.shape[0]
-    reprefill = use_memory and cfg.reprefill
-    state, _ = prefill(bb, ids, mask, cfg.n_sinks if cfg else 4, keep_inputs=reprefill)
-    traces = [RowTrace(threshold=threshold) for _ in range(b)]
-    triggers = [TriggerState() for _ in range(b)]
-    latents_log: list | None = [] if keep_logits else None
-    all_rows = torch.ones(b, dtype=torch.bool, device=ids.device)
-    if use_memory and cfg.prompt_memory and room_for(bb, state, cfg.num_latents):
-        kept = consolidate(bb, memory, state, all_rows, keep_latents=keep_logits)
-        if keep_logits:
-            latents_log.append((-1, kept))
-        for tr in traces:
-            tr.prompt_memory = True
-    delimiters = _delimiter_mask(bb) if use_memory and cfg.trigger == "delimiter" else None
-    rng = torch.Generator().manual_seed(gen.seed) if gen.temperature > 0 else None
-    eos = torch.tensor(sorted(stop_ids(bb)) or [-1], device=ids.device)
-    finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
-    pad = pad_id(bb)
+    policy = active_policy(memory, gen, policy)
+    trigger = Trigger.build(bb, policy, ids.shape[0], ids.device)
+    watch = monitor or trigger.needs_entropy
+    n_sinks = (policy or memory.config).n_sinks if memory is not None else DEFAULT_SINKS
+    state, _ = prefill(bb, ids, mask, n_sinks, keep_inputs=policy is not None and policy.reprefill)
+    log = _Log(keep_logits)
+    prompt_latents = prompt_memory(bb, memory, state, policy) if policy is not None else None
+    if prompt_latents is not None:
+        log.latents.append((-1, prompt_latents))
+    _decode(bb, state, memory, policy, trigger, gen, forced, watch, log)
+    threshold = (policy or memory.config).threshold if memory is not None else None
+    return _result(log, ids.shape[0], threshold, prompt_latents is not None, bb.stop_ids() if forced is None else None)
+
+
+def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, gen: GenerationConfig,
+            forced: torch.Tensor | None, watch: bool, log: _Log) -> None:
+    """The decoding loop: pick a token, feed it, let the trigger decide, until done."""
+    b = state.mask.shape[0]
+    rng = torch.Generator(device=state.mask.device).manual_seed(gen.seed) if gen.temperature > 0 else None
+    eos = torch.tensor(bb.stop_ids() or [-1], device=state.mask.device)
+    finished = torch.zeros(b, dtype=torch.bool, device=state.mask.device)
     steps = forced.shape[1] if forced is not None else gen.max_new_tokens
-    out_tokens, logprobs, step_logits = [], [], []
+    pad = bb.pad_id()
     for step in range(steps):
-        if keep_logits:
-            step_logits.append(state.logits.clone())
-        if forced is not None:
-            token = forced[:, step]
-            logprobs.append(torch.log_softmax(state.logits.float(), -1).gather(-1, token[:, None])[:, 0])
-        else:
-            token = choose_token(state.logits, gen, rng)
-            token = torch.where(finished, torch.full_like(token, pad), token)
-            finished = finished | torch.isin(token, eos)
-        out_tokens.append(token)
-        for r in range(b):
-            traces[r].tokens.append(int(token[r]))
-        if step == steps - 1 or bool(finished.all()) or not room_for(bb, state, 1):
+        token, finished = _pick(state, gen, rng, forced, step, finished, pad, eos, log)
+        if step == steps - 1 or not room_for(bb, state, 1):
             break
-        append_tokens(state, token[:, None])
-        out = forward_chunk(bb, state, bb.embed(token[:, None]), all_rows, want_query=watch)
-        state.logits, state.hidden = out.logits[:, -1], out.hidden[:, -1]
-        entropy = chunk_entropy(bb, state, out.query)[:, 0] if watch else None
+        entropy = decode_step(bb, state, token, watch)
+        fire = trigger.fire_rows(entropy, token, step, ~finished) if trigger.kind else None
+        all_finished, rows = _read_back(finished, fire)  # the step's one host round trip
+        if all_finished:
+            break  # this step's forward was not needed; like a break before it, it leaves no trace
         if entropy is not None:
-            for r, value in enumerate(entropy.tolist()):
-                traces[r].entropy.append(value)
-        if not use_memory or not cfg.trigger_memory:
-            continue
-        signal = entropy > threshold if delimiters is None else delimiters[token]
-        rows = [r for r in range(b) if bool(signal[r]) and not bool(finished[r])
-                and may_fire(triggers[r], step, cfg.budget, cfg.min_gap)]
-        if rows and room_for(bb, state, cfg.num_latents + 1):
-            pick = torch.zeros(b, dtype=torch.bool, device=ids.device)
-            pick[rows] = True
-            kept = consolidate(bb, memory, state, pick, keep_latents=keep_logits)
-            if reprefill:  # MemGen's code re-encodes the reasoner's whole sequence after an insertion
-                rebuild_cache(bb, state, pick)
-            if keep_logits:
-                latents_log.append((step, kept))
-            for r in rows:
-                record_fire(triggers[r], step)
+            log.entropy.append(entropy)
+        latents = maybe_consolidate(bb, memory, state, trigger, policy, rows, step) if any(rows) else None
+        if latents is not None:
+            log.fired.append((step, rows))
+            if log.keep:
+                log.latents.append((step, latents))
+
+
+def _pick(state, gen, rng, forced, step, finished, pad, eos, log: _Log):
+    """This step's token per row (forced, or chosen; finished rows get padding) and the new finished flags."""
+    if log.keep:
+        log.step_logits.append(state.logits.clone())
+    if forced is not None:
+        token = forced[:, step]
+        log.logprobs.append(torch.log_softmax(state.logits.float(), -1).gather(-1, token[:, None])[:, 0])
+    else:
+        token = choose_token(state.logits, gen, rng)
+        token = torch.where(finished, torch.full_like(token, pad), token)
+        finished = finished | torch.isin(token, eos)
+    log.tokens.append(token)
+    return token, finished
+
+
+def _read_back(finished: torch.Tensor, fire: torch.Tensor | None) -> tuple[bool, list[bool]]:
+    """(every row finished, which rows fire) in one device-to-host copy."""
+    flags = finished.all()[None] if fire is None else torch.cat([finished.all()[None], fire])
+    values = flags.tolist()
+    return bool(values[0]), [bool(v) for v in values[1:]] or [False] * finished.shape[0]
+
+
+def _result(log: _Log, b: int, threshold: float | None, prompt_memory: bool, eos: list[int] | None) -> GenerationResult:
+    """Read the log back to the host once and build the per-row traces."""
+    tokens = torch.stack(log.tokens, 1).tolist()
+    entropy = torch.stack(log.entropy, 1).tolist() if log.entropy else [[] for _ in range(b)]
+    traces = [RowTrace(threshold=threshold, entropy=entropy[r], tokens=list(tokens[r]),
+                       prompt_memory=prompt_memory) for r in range(b)]
+    for step, rows in log.fired:
+        for r, fired in enumerate(rows):
+            if fired:
                 traces[r].consolidations.append(step)
-    tokens = _trim(torch.stack(out_tokens, 1), eos if forced is None else None)
     return GenerationResult(
-        tokens=tokens,
-        traces=traces,
-        logprobs=torch.stack(logprobs, 1) if forced is not None else None,
-        step_logits=step_logits if keep_logits else None,
-        latents=latents_log,
+        tokens=[_trim(row, eos) for row in tokens], traces=traces,
+        logprobs=torch.stack(log.logprobs, 1) if log.logprobs else None,
+        step_logits=log.step_logits if log.keep else None, latents=log.latents if log.keep else None,
     )
 
 
-def _trim(tokens: torch.Tensor, eos: torch.Tensor | None) -> list[list[int]]:
-    rows = []
-    for row in tokens.tolist():
-        if eos is not None:
-            for i, t in enumerate(row):
-                if t in eos.tolist():
-                    row = row[: i + 1]
-                    break
-        rows.append(row)
-    return rows
-
-
-def _delimiter_mask(bb: Backbone) -> torch.Tensor:
-    from .delimiters import delimiter_token_mask
-    return delimiter_token_mask(bb.tokenizer, bb.model.config.vocab_size).to(bb.device)
-
+def _trim(row: list[int], eos: list[int] | None) -> list[int]:
+    """A row's tokens up to and including its first stop token (all of them when forced)."""
+    if eos is not None:
+        for i, t in enumerate(row):
+            if t in eos:
+                return row[: i + 1]
+    return row

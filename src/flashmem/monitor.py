@@ -1,4 +1,4 @@
-"""Cognitive Monitor: last-layer attention entropy with attention sinks removed, and the trigger rule.
+"""Cognitive Monitor: last-layer attention entropy with attention sinks removed (trigger.py decides).
 
 The entropy is computed from the last layer's query and the keys already in the cache, so the
 backbone keeps its fast attention kernels. Removing the sinks and renormalising equals a softmax
@@ -8,8 +8,6 @@ Defined degenerate cases: a query that sees no non-sink key (context no longer t
 has entropy 0 (no evidence of uncertainty, never fires); padding and masked latent slots are not keys.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 
@@ -42,31 +40,3 @@ def attention_entropy(
     entropy = -plogp.sum(-1)  # (B, n_kv, G, Q)
     entropy = torch.nan_to_num(entropy, nan=0.0)  # rows with no allowed key: defined as 0
     return entropy.mean(dim=(1, 2))
-
-
-@dataclass
-class TriggerState:
-    """Per-row bookkeeping of the consolidations of one response."""
-
-    fired: list[int] = field(default_factory=list)  # answer step of each triggered consolidation
-    last_step: int = -1  # step of the last consolidation; -1 is the prompt end
-
-
-def may_fire(state: TriggerState, step: int, budget: int, min_gap: int) -> bool:
-    """Budget and gap allow a consolidation after answer token `step` (0-based)."""
-    return len(state.fired) < budget and step - state.last_step >= min_gap
-
-
-def record_fire(state: TriggerState, step: int) -> None:
-    state.fired.append(step)
-    state.last_step = step
-
-
-def first_trigger(
-    signal: list[bool], start_step: int, state: TriggerState, budget: int, min_gap: int
-) -> int | None:
-    """First index i of signal (answer step start_step + i) where the trigger fires, or None."""
-    for i, raw in enumerate(signal):
-        if raw and may_fire(state, start_step + i, budget, min_gap):
-            return i
-    return None

@@ -1,4 +1,5 @@
-"""Reporting: markdown tables, machine facts, the benchmark table and plot, and paired comparisons.
+"""Reporting: markdown tables, machine facts, eval summaries, the benchmark table and plot, and
+paired comparisons of eval runs.
 
 `compare_runs` reads the per-question records of several `flashmem eval` runs on the same data and
 compares every pair on the questions all runs answered: accuracy and answer NLL differences with a
@@ -18,7 +19,7 @@ import numpy as np
 
 from .errors import FlashmemError
 from .records import read_records
-from .stats import paired_bootstrap, paired_relative_change, proportion_ci
+from .stats import mean_ci, paired_bootstrap, paired_relative_change, proportion_ci
 
 
 def machine_info() -> dict:
@@ -67,38 +68,49 @@ BENCH_METHODS = ("vanilla", "flashmem", "memgen")
 
 
 def bench_markdown(report: dict) -> str:
-    rows = [[r["context"], r["method"], fmt(r["tokens_per_s"], 2), fmt(r["step_latency_ms"], 1),
-             fmt(r["peak_rss_mb"], 0), r["consolidations"]]
-            for r in sorted(report["results"], key=lambda r: (r["context"], BENCH_METHODS.index(r["method"])))]
-    text = markdown_table(["context", "method", "tokens/s", "step latency ms", "peak RSS MB", "consolidations"], rows)
-    for pair, table in report["ratios"].items():
-        text += f"\n\n{pair}\n\n" + markdown_table(
-            ["context", "tokens/s", "step latency", "peak RSS", "peak RSS above load"],
-            [[ctx, fmt(r["tokens_per_s"], 3), fmt(r["step_latency"], 3), fmt(r["peak_rss"], 3),
-              fmt(r["peak_rss_above_baseline"], 3)] for ctx, r in table.items()])
+    """The bench's results (one table per schedule and batch size) and its ratios, with what produced them."""
+    results = sorted(report["results"], key=lambda r: (r["schedule"], r["batch"], r["context"],
+                                                       BENCH_METHODS.index(r["method"])))
+    rows = [[r["schedule"], r["batch"], r["context"], r["method"], fmt(r["tokens_per_s"], 2),
+             _latency_cell(r["step_latency_ms"]), fmt(r["peak_mb"], 0), fmt(r["peak_above_baseline_mb"], 1),
+             r["consolidations"], fmt(r.get("trigger_rate"))] for r in results]
+    text = markdown_table(["schedule", "batch", "context", "method", "tokens/s", "step latency ms median [min, max]",
+                           "peak MB", "peak above load MB", "consolidations", "trigger rate"], rows)
+    text += "\n\n" + markdown_table(
+        ["ratio", "schedule", "batch", "context", "tokens/s", "step latency", "peak memory", "peak above load"],
+        [[r["pair"], r["schedule"], r["batch"], r["context"], fmt(r["tokens_per_s"]), fmt(r["step_latency"]),
+          fmt(r["peak"]), fmt(r["peak_above_baseline"])] for r in report["ratios"]])
     s = report["settings"]
-    m = s["machine"]
-    text += (f"\n\n{s['model']} ({s['dtype']}), {s['new_tokens']} new tokens, median of {s['repeats']}, "
-             f"{s['consolidations']} consolidations + prompt-end memory; prompt: {s['prompt_source']}; "
-             f"machine: {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads.")
+    m, c = s["machine"], s["config"]
+    where = s.get("device_name") or f"{m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads"
+    text += (f"\n\n{s['model']} ({s['dtype']}) on {s['device']} ({where}); {c['new_tokens']} new tokens, "
+             f"{c['repeats']} repeats; prompt: {s['prompt_source']}. Schedules: "
+             + "; ".join(f"{name}: {s['schedules'][name]}" for name in dict.fromkeys(r["schedule"] for r in results)))
     for note in s["notes"]:
         text += f"\nnote: {note}"
     return text
 
 
+def _latency_cell(latency: dict) -> str:
+    return f"{latency['median']:.2f} [{latency['min']:.2f}, {latency['max']:.2f}]"
+
+
 def plot_latency(path: str | Path, results: list[dict]) -> None:
+    """Median per-step latency against context, per method, for the first schedule at the smallest batch."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    schedule, batch = results[0]["schedule"], min(r["batch"] for r in results)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for method in BENCH_METHODS:
-        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["context"])
+        rows = sorted((r for r in results if r["method"] == method and r["schedule"] == schedule
+                       and r["batch"] == batch), key=lambda r: r["context"])
         if rows:
-            ax.plot([r["context"] for r in rows], [r["step_latency_ms"] for r in rows], marker="o", label=method)
+            ax.plot([r["context"] for r in rows], [r["step_latency_ms"]["median"] for r in rows], marker="o", label=method)
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("per-step latency (ms)")
-    ax.set_title("Decoding latency against context")
+    ax.set_title(f"Decoding latency against context ({schedule} schedule, batch {batch})")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -256,3 +268,75 @@ def _diff_cell(d: dict | None, percent: bool = False) -> str:
         return "-"
     scale, digits = (100.0, 1) if percent else (1.0, 3)
     return f"{d['mean_diff'] * scale:+.{digits}f} [{d['lo'] * scale:+.{digits}f}, {d['hi'] * scale:+.{digits}f}]"
+
+
+# ---- one eval run's summary ----------------------------------------------------------------------
+def summarize(records: list[dict], settings: dict) -> dict:
+    """Aggregate records into the run's summary (all intervals 95%)."""
+    if not records:
+        raise FlashmemError("no questions were evaluated")
+    n = len(records)
+    generated = has_accuracy(records)  # False for --nll-only runs
+    correct = sum(bool(r["correct"]) for r in records) if generated else None
+    acc, lo, hi = proportion_ci(correct, n) if generated else (None, None, None)
+    scored = [r for r in records if r.get("nll") is not None]
+    nll_tokens = sum(r["nll_tokens"] for r in scored)
+    per_q = [r["nll"] / r["nll_tokens"] for r in scored if r["nll_tokens"]]
+    q_mean, q_lo, q_hi = mean_ci(per_q) if per_q else (None, None, None)
+    watched = [r for r in records if r.get("trigger_steps") is not None]
+    steps = sum(r["decode_steps"] for r in watched)
+    gen_tokens = sum(r["gen_tokens"] for r in records)
+    gen_seconds = sum(r["gen_seconds"] for r in records)
+    return {
+        "settings": settings,
+        "n": n,
+        "accuracy": {"value": acc, "lo": lo, "hi": hi, "correct": correct, "n": n},
+        "nll_per_token": sum(r["nll"] for r in scored) / nll_tokens if nll_tokens else None,
+        "nll_per_question": {"mean": q_mean, "lo": _finite(q_lo), "hi": _finite(q_hi), "n": len(per_q)},
+        "nll_insertions_per_answer": sum(len(r["nll_insertions"]) for r in scored) / len(scored) if scored else None,
+        "consolidations_per_answer": sum(r["consolidations"] for r in records) / n if generated else None,
+        "prompt_memory_rate": sum(bool(r["prompt_memory"]) for r in records) / n if generated else None,
+        "trigger_rate": sum(r["trigger_steps"] for r in watched) / steps if steps else None,
+        "generated_tokens": {"total": gen_tokens, "mean": gen_tokens / n},
+        # Answers cut by --max-new-tokens: a cap that cuts one method's answers more than another's
+        # decides part of their accuracy difference.
+        "at_token_limit": (sum(r["gen_tokens"] >= settings["max_new_tokens"] for r in records) / n
+                           if generated else None),
+        "tokens_per_s": gen_tokens / gen_seconds if gen_seconds > 0 else None,
+        "nll_only": not generated,
+        "seconds_per_question": sum(r["gen_seconds"] + r["nll_seconds"] for r in records) / n,
+    }
+
+
+def summary_markdown(summary: dict) -> str:
+    s, acc = summary["settings"], summary["accuracy"]
+    memory = s.get("memory") or "-"
+    row = [s["method"], Path(str(memory)).name if memory not in ("-", "untrained") else memory,
+           f"{s['data']} ({s['split']})", summary["n"],
+           fmt_ci(acc["value"], acc["lo"], acc["hi"], percent=True), fmt(summary["nll_per_token"]),
+           fmt(summary["consolidations_per_answer"], 2), fmt(summary["trigger_rate"]),
+           fmt(summary["generated_tokens"]["mean"], 1), fmt(summary.get("at_token_limit")),
+           fmt(summary["tokens_per_s"], 1), fmt(summary["seconds_per_question"], 2)]
+    table = markdown_table(
+        ["method", "memory", "data", "n", "accuracy [95% CI]", "NLL/token", "consolidations/answer",
+         "trigger rate", "tokens/answer", "at token limit", "tokens/s", "s/question"], [row])
+    m = s.get("machine", {})
+    return (f"{table}\n\nModel {s['model']} ({s['dtype']}), greedy, max {s['max_new_tokens']} new tokens, "
+            f"batch {s['batch_size']}; machine: {m.get('processor')}, {m.get('cpu_count')} CPUs, "
+            f"{m.get('torch_threads')} torch threads.")
+
+
+def results_table(summaries: list[dict]) -> str:
+    """Several eval summaries side by side: accuracy, NLL, consolidations, trigger rate, length, speed."""
+    rows = []
+    for s in summaries:
+        acc = s["accuracy"]
+        rows.append([s["settings"]["method"], s["n"], fmt_ci(acc["value"], acc["lo"], acc["hi"], percent=True),
+                     fmt(s["nll_per_token"]), fmt(s["consolidations_per_answer"], 2), fmt(s["trigger_rate"]),
+                     fmt(s["generated_tokens"]["mean"], 1), fmt(s.get("at_token_limit")), fmt(s["tokens_per_s"], 1)])
+    return markdown_table(["method", "n", "accuracy [95% CI]", "answer NLL/token", "consolidations/answer",
+                           "trigger rate", "tokens/answer", "at token limit", "tokens/s"], rows)
+
+
+def _finite(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

