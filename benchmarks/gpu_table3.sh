@@ -8,7 +8,8 @@
 #
 #   bash benchmarks/gpu_table3.sh OUT_DIR
 # Settings (environment): MODEL, CONTEXTS, NEW_TOKENS, REPEATS, DEVICE, DTYPE, BUDGET_S (a context not
-# started within BUDGET_S seconds is skipped; default 390, to finish under 8 minutes on an H100/H200).
+# started within BUDGET_S seconds is skipped; default 390, to finish under 8 minutes on an H100/H200),
+# CONTEXT_TIMEOUT_S (one context's bench is stopped after this; default 300).
 # On the CPU with a small model, as a check of the script itself:
 #   MODEL=random:smollm2-135m CONTEXTS="64 128" DEVICE=cpu DTYPE=float32 NEW_TOKENS=64 REPEATS=2 \
 #     bash benchmarks/gpu_table3.sh /tmp/table3
@@ -21,6 +22,7 @@ REPEATS=${REPEATS:-5}
 DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
 BUDGET_S=${BUDGET_S:-390}
+CONTEXT_TIMEOUT_S=${CONTEXT_TIMEOUT_S:-300}  # one context's bench is stopped after this
 PYTHON=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
@@ -30,7 +32,7 @@ for ctx in $CONTEXTS; do
     echo "gpu_table3: context $ctx skipped: the ${BUDGET_S}s budget is spent" | tee -a "$OUT/skipped.txt"
     continue
   fi
-  "$PYTHON" -m flashmem bench --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" --contexts "$ctx" \
+  timeout "$CONTEXT_TIMEOUT_S" "$PYTHON" -m flashmem bench --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" --contexts "$ctx" \
     --new-tokens "$NEW_TOKENS" --repeats "$REPEATS" --schedules paper --batch-sizes 1 \
     --out "$OUT/table3_$ctx.json" > "$OUT/table3_$ctx.md" 2> "$OUT/table3_$ctx.log" \
     || echo "gpu_table3: context $ctx failed (see table3_$ctx.log)" | tee -a "$OUT/skipped.txt"

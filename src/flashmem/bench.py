@@ -119,13 +119,20 @@ def bench(cfg: BenchConfig) -> dict:
         methods = bench_methods(bb, cfg, schedule, stream, notes)
         check_room(bb, cfg, methods)
         for batch in cfg.batch_list:
-            results += time_methods(bb, methods, stream, cfg, schedule, batch)
+            # Written after each part, so a run stopped by a time limit keeps what it measured.
+            results += time_methods(bb, methods, stream, cfg, schedule, batch, lambda done: write_report(
+                cfg, bb, source, notes + ["partial: the run had not finished"], results + done))
     if bb.device.type == "cpu" and cfg.memory_workers:
         notes += cpu_peak_memory(cfg, results)
-    report = {"settings": settings(cfg, bb, source, notes), "results": results, "ratios": ratios(results)}
-    atomic_write_text(cfg.out, json.dumps(report, indent=2) + "\n")
+    report = write_report(cfg, bb, source, notes, results)
     if cfg.plot:
         plot_latency(cfg.plot, results)
+    return report
+
+
+def write_report(cfg: BenchConfig, bb: Backbone, source: str, notes: list[str], results: list[dict]) -> dict:
+    report = {"settings": settings(cfg, bb, source, notes), "results": results, "ratios": ratios(results)}
+    atomic_write_text(cfg.out, json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -245,11 +252,17 @@ def decode_once(bb: Backbone, memory: LatentMemory | None, policy: MemoryConfig 
             "trigger_rate": sum(fired) / len(fired) if fired else None, **peak}
 
 
-def time_methods(bb: Backbone, methods: dict, stream: list[int], cfg: BenchConfig, schedule: str, batch: int) -> list[dict]:
-    """Per context, each repeat runs every method once, order rotated; one result per (method, context)."""
+def time_methods(bb: Backbone, methods: dict, stream: list[int], cfg: BenchConfig, schedule: str, batch: int,
+                 checkpoint=None) -> list[dict]:
+    """Per context, each repeat runs every method once, order rotated; one result per (method, context).
+
+    checkpoint(results so far) is called after each context."""
     names = list(methods)
-    warm = min(cfg.context_list[0], WARMUP_CONTEXT)
-    for name in names:  # a whole warm-up run: first-call costs (allocator, kernels, a consolidation) stay out
+    # A whole warm-up run: first-call costs (allocator, kernels, a consolidation) stay out. On a GPU the
+    # allocator's blocks grow with the context, so it warms up at the first context itself (a 64k run
+    # after a 1k warm-up was measured 2-3x slower than the next ones on an H200).
+    warm = cfg.context_list[0] if bb.device.type == "cuda" else min(cfg.context_list[0], WARMUP_CONTEXT)
+    for name in names:
         decode_once(bb, *methods[name], stream, warm, cfg.new_tokens, batch)
     results = []
     for ctx in cfg.context_list:
@@ -260,6 +273,8 @@ def time_methods(bb: Backbone, methods: dict, stream: list[int], cfg: BenchConfi
                 print(f"bench: {schedule} batch {batch} {name} context {ctx} run {r + 1}/{cfg.repeats}: "
                       f"{runs[name][-1]['decode_s']:.2f} s decode", file=sys.stderr, flush=True)
         results += [summarize_runs(name, schedule, ctx, batch, cfg.new_tokens, runs[name]) for name in names]
+        if checkpoint is not None:
+            checkpoint(results)
     return results
 
 

@@ -61,11 +61,13 @@ def prefill(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, w
 
 
 def forward_chunk(bb: Backbone, state: DecodeState, embeds: torch.Tensor, rows: list[bool],
-                  want_query: bool = False, all_logits: bool = False) -> StepOutput:
-    """Append embeds (B, Q, d) to the cache. Rows where rows[r] is False get masked slots (no position used)."""
+                  want_query: bool = False, all_logits: bool = False, pick: torch.Tensor | None = None) -> StepOutput:
+    """Append embeds (B, Q, d) to the cache. Rows where rows[r] is False get masked slots (no position used).
+
+    pick: rows as a device tensor when the caller has one (each host-to-device copy waits for the GPU)."""
     b, q, _ = embeds.shape
     # All rows real (every decoding step) needs no host-to-device copy of the row flags.
-    real = None if all(rows) else torch.tensor(rows, device=embeds.device).long()
+    real = None if all(rows) else (pick if pick is not None else torch.tensor(rows, device=embeds.device)).long()
     new_mask = state.mask.new_ones(b, q) if real is None else real[:, None].expand(b, q)
     positions = state.positions[:, None] + torch.arange(q, device=embeds.device)[None, :]
     state.mask = torch.cat([state.mask, new_mask], dim=1)
@@ -102,9 +104,11 @@ def decode_step(bb: Backbone, state: DecodeState, token: torch.Tensor, watch: bo
     return chunk_entropy(bb, state, out.query)[:, 0] if watch else None
 
 
-def consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, rows: list[bool]) -> torch.Tensor:
-    """Make latents from the current state and inject them for `rows`; the next logits follow them."""
-    pick = torch.tensor(rows, device=state.mask.device)
+def consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, rows: list[bool],
+                pick: torch.Tensor | None = None) -> torch.Tensor:
+    """Make latents from the current state and inject them for `rows` (pick: the same on the device);
+    the next logits follow them."""
+    pick = pick if pick is not None else torch.tensor(rows, device=state.mask.device)
     ctx = MemoryContext(bb, state.cache, state.mask, state.positions, state.hidden, state.ids, state.ids_mask)
     if all(rows):
         latents = memory(ctx)  # (B, K, d)
@@ -114,7 +118,7 @@ def consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, rows: li
         index = torch.tensor([r for r, fire in enumerate(rows) if fire], device=pick.device)
         picked = memory(ctx.select(index))
         latents = picked.new_zeros(len(rows), *picked.shape[1:]).index_copy(0, index, picked)
-    out = forward_chunk(bb, state, latents, rows)
+    out = forward_chunk(bb, state, latents, rows, pick=pick)
     _take_last(state, out, pick)
     return latents
 
@@ -131,10 +135,11 @@ def maybe_consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, tr
     """Consolidate for the rows the trigger picked after answer step `step`, if the context has room."""
     if not any(rows) or not room_for(bb, state, policy.num_latents + 1):
         return None
-    latents = consolidate(bb, memory, state, rows)
+    pick = torch.tensor(rows, device=state.mask.device)
+    latents = consolidate(bb, memory, state, rows, pick)
     if policy.reprefill:  # MemGen's code re-encodes the reasoner's whole sequence after an insertion
         reprefill(bb, state, rows)
-    trigger.record(torch.tensor(rows, device=state.mask.device), step)
+    trigger.record(pick, step)
     return latents
 
 

@@ -61,17 +61,20 @@ class Trigger:
             return self.delimiters[tokens]
         return torch.full_like(tokens, self.kind == "always", dtype=torch.bool)
 
-    def allowed(self, steps: torch.Tensor) -> torch.Tensor:
-        """(B, Q) bool: budget and gap allow a consolidation after answer steps (Q,)."""
+    def allowed(self, steps: torch.Tensor | int) -> torch.Tensor:
+        """(B, Q) bool: budget and gap allow a consolidation after answer steps (Q,) (or one step, an int)."""
         room = (self.fired < self.budget)[:, None]
-        return room & (steps[None, :] - self.last[:, None] >= self.min_gap)
+        ahead = (steps - self.last[:, None]) if isinstance(steps, int) else (steps[None, :] - self.last[:, None])
+        return room & (ahead >= self.min_gap)
 
     def fire_rows(self, entropy: torch.Tensor | None, tokens: torch.Tensor, step: int,
                   active: torch.Tensor) -> torch.Tensor:
-        """(B,) bool: rows whose trigger fires after answer step `step`; entropy, tokens (B,); active (B,)."""
-        steps = torch.tensor([step], device=tokens.device)
+        """(B,) bool: rows whose trigger fires after answer step `step`; entropy, tokens (B,); active (B,).
+
+        The step stays a Python number: a tensor made from it would be a host-to-device copy, which
+        on a GPU waits for all queued work, every step."""
         up = self.signal(None if entropy is None else entropy[:, None], tokens[:, None])
-        return (up & self.allowed(steps))[:, 0] & active
+        return (up & self.allowed(step))[:, 0] & active
 
     def first_fire(self, entropy: torch.Tensor | None, tokens: torch.Tensor, start: int) -> int | None:
         """Batch of one: the first index i of a chunk (answer steps start + i) where it fires, or None.
