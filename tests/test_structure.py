@@ -37,8 +37,10 @@ def imported(name: str, path: Path, known: dict) -> set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             if base.split(".")[0] != "flashmem":
                 continue
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known}
+            submodules = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known}
+            found |= submodules
+            if len(submodules) < len(node.names):  # some names are attributes of base itself
+                found.add(base)
     return {m for m in found if m in known and m != name}
 
 

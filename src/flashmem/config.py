@@ -122,8 +122,8 @@ class GenerationConfig:
 class ModelOptions:
     """Which backbone a command runs on and where: the fields every command config starts with."""
 
-    model: str = option("smollm2-135m", "alias (smollm2-135m, the embedded default; qwen2.5-coder-0.5b), "
-                        "random:NAME, hub id, local folder or .gguf file")
+    model: str = option("smollm2-135m", "alias (smollm2-135m, the embedded default; qwen2.5-coder-0.5b, "
+                        "installed on first use), random:NAME, hub id, local folder or .gguf file")
     dtype: str = option("auto", "backbone dtype (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
 

