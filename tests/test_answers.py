@@ -144,3 +144,16 @@ def test_reference_final_errors():
         reference_final("5", "words")
     with pytest.raises(FlashmemError, match="kind"):
         is_correct("5", "5", "exact")
+
+
+@pytest.mark.parametrize("text,number", [
+    ("So 3 + 4 = 7 and 7 + 11 = 18. The answer is 18 dollars.\nNext, 5 more.", "18"),  # not the later 5
+    ("The final answer is: $1,250.", "1250"),
+    ("Then 2 + 2 = 4.\nTherefore, the answer is 4 and I am done after 9 steps", "4"),
+    ("I get \\boxed{12}; the answer is 5", "12"),  # a box wins over the phrase
+    ("#### 7\nthe answer is 9", "7"),  # GSM8K's own marker wins over both
+    ("The answer is unclear, 3 or 8", "3"),
+    ("the answer is\n42", "42"),  # nothing on the line after the phrase: the last number of the text
+])
+def test_the_answer_is_comes_after_boxed_and_before_the_last_number(text, number):
+    assert extract_number(text) == number

@@ -3,8 +3,9 @@
 Two kinds of reference answer exist:
 
 * ``"number"`` (GSM8K, MAWPS, synthetic): a single number. A model's answer is the text after
-  the last ``####``, else the last ``\\boxed{...}``, else the last number in the text; it is
-  compared numerically.
+  the last ``####``, else the last ``\\boxed{...}``, else the first number on the line after the last
+  "the answer is", else the last number in the text (the order of the common math harnesses, with
+  GSM8K's own ``####`` first); it is compared numerically.
 * ``"math"`` (MATH-500): a LaTeX expression. A model's answer is the last ``\\boxed{...}``, else
   the last ``$...$``, else the last line; it is compared as a normalised string, and
   numerically when both sides are plain numbers or integer fractions.
@@ -38,6 +39,7 @@ _NUMBER_RE = re.compile(
 _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\}")
 _LATEX_FRAC_SHORT_RE = re.compile(r"\\[dt]?frac(\d)(\d)")
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+_ANSWER_IS_RE = re.compile(r"(?i)the (?:final )?answer is\b:?([^\n]*)")
 
 
 def _prepare_text(text: str) -> str:
@@ -145,6 +147,11 @@ def extract_number(text: str | None) -> str | None:
         found = _numbers(boxed)
         if found:
             return _canonical(found[-1])
+    said = _ANSWER_IS_RE.findall(text)
+    if said:  # what the text says the answer is: the first number of the line after the last "the answer is"
+        found = _numbers(said[-1])
+        if found:
+            return _canonical(found[0])
     found = _numbers(text)
     return _canonical(found[-1]) if found else None
 

@@ -32,8 +32,9 @@ class FlashMem:
     """A frozen backbone with an optional latent memory and the insertion policy it runs with."""
 
     def __init__(self, backbone: Backbone, memory: LatentMemory | None = None, trained: bool = True,
-                 config: MemoryConfig | None = None):
+                 config: MemoryConfig | None = None, system: str | None = None):
         self.backbone = backbone
+        self.system = system  # the system prompt every question is asked with (prompts.PROMPTS)
         self.memory = memory
         self.trained = trained  # False: the memory is an untrained consolidator (a plumbing check)
         self.config = config if config is not None else (memory.config if memory is not None else None)
@@ -50,7 +51,8 @@ class FlashMem:
     def encode(self, prompts: list[str], chat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and mask; the chat template is applied when the model has one."""
         bb = self.backbone
-        return encode_prompts(bb.tokenizer, prompts, bb.device, chat=chat, max_positions=bb.max_positions)
+        return encode_prompts(bb.tokenizer, prompts, bb.device, chat=chat, system=self.system,
+                              max_positions=bb.max_positions)
 
     def ensure_threshold(self, ids: torch.Tensor, mask: torch.Tensor) -> float | None:
         """Give an uncalibrated memory a threshold from the prompts' own entropies; returns it if set here."""

@@ -29,22 +29,22 @@ class Sequence:
         return int(self.prompt.numel() + self.answer.numel())
 
 
-def encode_example(tokenizer, example: Example) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids + EOS) of one example."""
+def encode_example(tokenizer, example: Example, system: str | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids + EOS) of one example, the question asked with the given system prompt."""
     if tokenizer.eos_token_id is None:
         raise FlashmemError("the tokenizer has no EOS token: training needs one to end answers")
-    prompt = tokenizer(format_prompt(tokenizer, example.question), add_special_tokens=False).input_ids
+    prompt = tokenizer(format_prompt(tokenizer, example.question, system), add_special_tokens=False).input_ids
     answer = tokenizer(example.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     return prompt, answer
 
 
 def encode_examples(
-    tokenizer, examples: list[Example], max_length: int, on_bad_data: str, source: str
+    tokenizer, examples: list[Example], max_length: int, on_bad_data: str, source: str, system: str | None = None
 ) -> list[Sequence]:
     """Tokenise; a sequence longer than max_length is an error (stop) or a counted, listed skip."""
     kept, skipped = [], []
     for example in examples:
-        prompt, answer = encode_example(tokenizer, example)
+        prompt, answer = encode_example(tokenizer, example, system)
         where = f"{source} line {example.line}"
         length = len(prompt) + len(answer)
         if length > max_length:

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass
 from .config import ModelOptions, check, option
 from .data import Example, load_examples, split_validation
 from .loader import load_backbone
+from .prompts import PROMPTS, system_prompt
 from .registry import load_memory
 from .thresholds import CalibrationResult, calibrate_threshold, plot_histogram
 
@@ -34,6 +35,7 @@ class CalibrateConfig(ModelOptions):
     batch_size: int = option(8, "prompts per generate call")
     recheck: int = option(8, "prompts re-decoded with the new threshold")
     hist: str | None = option(None, "plot the entropy histogram with the threshold into this .png", metavar="FILE.png")
+    prompt: str = option("plain", "system prompt the questions are asked with (as in training)", choices=tuple(PROMPTS))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,7 +63,7 @@ def calibrate(cfg: CalibrateConfig) -> tuple[CalibrationResult, float | None]:
     bb = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device)
     memory = load_memory(cfg.memory, bb)
     result = calibrate_threshold(bb, memory, memory.config, examples, cfg.percentile, cfg.max_new_tokens,
-                                 cfg.batch_size, cfg.recheck)
+                                 cfg.batch_size, cfg.recheck, system_prompt(cfg.prompt))
     result.config.save(cfg.memory)
     if cfg.hist:
         plot_histogram(cfg.hist, result)

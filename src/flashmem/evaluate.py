@@ -31,12 +31,15 @@ from .records import RecordFile
 from .registry import METHOD_NAMES, WEIGHTS_NAME, build_memory, default_config, load_memory
 from .report import compare_runs, comparison_markdown, machine_info, summarize, summary_markdown
 from .scoring import find_insertions
+from .prompts import PROMPTS, system_prompt
 from .thresholds import needs_threshold, prompt_threshold
 
 EVAL_METHODS = ("vanilla", *METHOD_NAMES)
 # An uncalibrated memory's threshold comes from the entropies of the set's first prompts; fixed
 # prompts (not the current batch) keep it the same when a run resumes or grows its --limit.
 THRESHOLD_PROMPTS = 8
+# How the prompt is described in a record file's identity ("plain" keeps the label older runs used).
+PROMPT_LABELS = {"plain": "chat template, greedy", "boxed": "chat template + boxed system prompt, greedy"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +57,9 @@ class EvalConfig(ModelOptions):
     batch_size: int = option(8, "questions generated together")
     max_new_tokens: int = option(256, "most tokens per answer")
     nll_only: bool = option(False, "only the reference answers' NLL, no generation (fast; no accuracy)")
+    nll: bool = option(True, "score the reference answer's NLL beside each generated answer")
+    prompt: str = option("plain", "system prompt the questions are asked with (plain: none; boxed: ask for "
+                         "\\boxed{} final answers, Qwen's math-evaluation prompt)", choices=tuple(PROMPTS))
     out: str = option(MISSING, "summary JSON; records and markdown go beside it", metavar="FILE.json")
     compare: list[str] = option(default_factory=list, help="paired comparison with other runs on the shared questions",
                                 metavar="OTHER.json")
@@ -70,6 +76,7 @@ class EvalConfig(ModelOptions):
              f"--method {self.method} needs --memory DIR (a trained memory), or --untrained to evaluate an "
              "untrained one as a plumbing check"),
             (not (self.memory and self.untrained), "--memory and --untrained exclude each other"),
+            (self.nll or not self.nll_only, "--no-nll and --nll-only exclude each other"),
         ], "evaluation config")
         missing = [path for path in self.compare if not Path(path).is_file()]
         if missing:
@@ -83,7 +90,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         print(f"note: {report.summary()}", file=sys.stderr)
     bb = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device)
     memory, policy, notes = method_memory(cfg, bb)
-    fm = FlashMem(bb, memory, trained=cfg.memory is not None, config=policy)
+    fm = FlashMem(bb, memory, trained=cfg.memory is not None, config=policy, system=system_prompt(cfg.prompt))
     notes += ensure_threshold(fm, examples)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -95,7 +102,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     out = Path(cfg.out)
     records = open_records(out, identity, settings, examples)
     run_questions(fm, examples, GenerationConfig(max_new_tokens=cfg.max_new_tokens), cfg.batch_size, records,
-                  label=cfg.method, nll_only=cfg.nll_only)
+                  label=cfg.method, nll_only=cfg.nll_only, nll=cfg.nll)
     summary = summarize([records.done[ex.line] for ex in examples], settings)
     summary["records_file"] = records.path.name
     text = summary_markdown(summary)
@@ -164,7 +171,9 @@ def record_identity(cfg: EvalConfig, fm: FlashMem) -> dict:
     bb = fm.backbone
     identity = {"model": cfg.model, "model_fingerprint": bb.identity()["fingerprint"],
                 "dtype": str(bb.dtype).removeprefix("torch."), "method": cfg.method, "data": cfg.data,
-                "split": cfg.split, "max_new_tokens": cfg.max_new_tokens, "prompt": "chat template, greedy"}
+                "split": cfg.split, "max_new_tokens": cfg.max_new_tokens, "prompt": PROMPT_LABELS[cfg.prompt]}
+    if not cfg.nll:
+        identity["nll"] = False
     if cfg.nll_only:  # only then, so records written before the option existed still resume
         identity["nll_only"] = True
     if fm.config is not None:
@@ -179,7 +188,8 @@ def _file_digest(path: Path) -> str:
 
 # ---- the evaluation loop -----------------------------------------------------------------------
 def run_questions(fm: FlashMem, examples: list[Example], gen: GenerationConfig, batch_size: int,
-                  records: RecordFile, label: str = "", progress: bool = True, nll_only: bool = False) -> None:
+                  records: RecordFile, label: str = "", progress: bool = True, nll_only: bool = False,
+                  nll: bool = True) -> None:
     """Generate and score every example not yet in `records`, appending a batch at a time."""
     from tqdm import tqdm
 
@@ -191,7 +201,7 @@ def run_questions(fm: FlashMem, examples: list[Example], gen: GenerationConfig, 
     try:
         for start in range(0, len(todo), batch_size):
             batch = todo[start: start + batch_size]
-            rows = [nll_record(fm, ex) for ex in batch] if nll_only else score_batch(fm, batch, gen)
+            rows = [nll_record(fm, ex) for ex in batch] if nll_only else score_batch(fm, batch, gen, nll)
             records.append(rows)
             bar.update(len(rows))
             if not nll_only:
@@ -201,8 +211,8 @@ def run_questions(fm: FlashMem, examples: list[Example], gen: GenerationConfig, 
         bar.close()
 
 
-def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig) -> list[dict]:
-    """Records for a batch: generation (timed together) then one teacher-forced NLL per question."""
+def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig, nll: bool = True) -> list[dict]:
+    """Records for a batch: generation (timed together) then one teacher-forced NLL per question (unless not nll)."""
     bb = fm.backbone
     ids, mask = fm.encode([ex.question for ex in batch])
     start = time.perf_counter()
@@ -214,12 +224,12 @@ def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig) -> li
         tokens = result.tokens[r]
         text = bb.tokenizer.decode(tokens, skip_special_tokens=True)
         start = time.perf_counter()
-        nll = answer_nll(fm, ex)
+        scored = answer_nll(fm, ex) if nll else (None, 0, [])
         steps = max(len(tokens) - 1, 0)  # decode steps after which the trigger was consulted
         rows.append({
             "id": ex.line, "question_sha": question_sha(ex.question), "final": ex.final,
             "prediction": text, "correct": bool(is_correct(text, ex.final, ex.kind)),
-            "nll": nll[0], "nll_tokens": nll[1], "nll_insertions": nll[2],
+            "nll": scored[0], "nll_tokens": scored[1], "nll_insertions": scored[2],
             "gen_tokens": len(tokens), "consolidations": len(result.traces[r].consolidations),
             "prompt_memory": result.traces[r].prompt_memory, "decode_steps": steps,
             "trigger_steps": trigger(result, r, steps) if trigger else None,

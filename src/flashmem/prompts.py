@@ -1,4 +1,5 @@
-"""What the model reads: a question through its chat template, and batches of them left-padded."""
+"""What the model reads: a question through its chat template (with an optional system prompt), and
+batches of them left-padded."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,6 +7,19 @@ from typing import Any
 import torch
 
 from .errors import FlashmemError
+
+# System prompts by name. "boxed" is Qwen's own math-evaluation prompt: it asks for the final answer
+# in the standard form the common harnesses extract (math-evaluation-harness: the last \boxed{}).
+PROMPTS: dict[str, str | None] = {
+    "plain": None,
+    "boxed": "Please reason step by step, and put your final answer within \\boxed{}.",
+}
+
+
+def system_prompt(name: str) -> str | None:
+    if name not in PROMPTS:
+        raise FlashmemError(f"unknown prompt {name!r}; known: {', '.join(PROMPTS)}")
+    return PROMPTS[name]
 
 
 def format_prompt(tokenizer: Any, question: str, system: str | None = None) -> str:

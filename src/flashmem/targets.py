@@ -34,6 +34,7 @@ class SelfTargetSettings:
     max_new_tokens: int = 256
     batch_size: int = 16  # sequences per generate call (questions x samples)
     seed: int = 0
+    system: str | None = None  # the system prompt the questions are asked with
 
 
 def _key(example: Example) -> str:
@@ -65,7 +66,8 @@ def _append(path: Path, records: list[dict]) -> None:
 def _sample_batch(bb: Backbone, questions: list[Example], cfg: SelfTargetSettings, seed: int) -> list[dict]:
     """Sample cfg.samples solutions for each question in one batched generate call."""
     tok = bb.tokenizer
-    ids, mask = encode_prompts(tok, [ex.question for ex in questions for _ in range(cfg.samples)], bb.device)
+    ids, mask = encode_prompts(tok, [ex.question for ex in questions for _ in range(cfg.samples)], bb.device,
+                               system=cfg.system)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed, use_memory=False)
     result = generate(bb, ids, mask, None, gen, monitor=False)
     records = []

@@ -94,17 +94,17 @@ class CalibrationResult:
 @torch.no_grad()
 def calibrate_threshold(bb: Backbone, memory: LatentMemory, config: MemoryConfig, examples: list[Example],
                         percentile: float | None = None, max_new_tokens: int = 128, batch_size: int = 8,
-                        recheck: int = 8) -> CalibrationResult:
+                        recheck: int = 8, system: str | None = None) -> CalibrationResult:
     """tau = the percentile of free-decoding entropies over `examples`; returns the new config and what it does."""
     if not examples:
         raise FlashmemError("calibration needs at least one prompt")
     percentile = config.percentile if percentile is None else percentile
     gen = GenerationConfig(max_new_tokens=max_new_tokens)
     collect = replace(config, trigger_memory=False) if needs_threshold(config) else config
-    traces = _decode(bb, memory, collect, examples, gen, batch_size)
+    traces = _decode(bb, memory, collect, examples, gen, batch_size, system)
     entropies = np.array([e for tr in traces for e in tr.entropy], dtype=np.float64)
     calibrated = replace(config, threshold=percentile_threshold(entropies, percentile), percentile=percentile)
-    again = _decode(bb, memory, calibrated, examples[:recheck], gen, batch_size) if recheck > 0 else []
+    again = _decode(bb, memory, calibrated, examples[:recheck], gen, batch_size, system) if recheck > 0 else []
     steps = [e for tr in again for e in tr.entropy]
     rate = float(np.mean(np.array(steps) > calibrated.threshold)) if steps else float("nan")
     per_answer = float(np.mean([len(tr.consolidations) for tr in again])) if again else float("nan")
@@ -112,11 +112,12 @@ def calibrate_threshold(bb: Backbone, memory: LatentMemory, config: MemoryConfig
 
 
 def _decode(bb: Backbone, memory: LatentMemory, policy: MemoryConfig, examples: list[Example],
-            gen: GenerationConfig, batch_size: int):
+            gen: GenerationConfig, batch_size: int, system: str | None = None):
     """Traces of free decoding with the monitor on, batched; prompts through the chat template."""
     traces = []
     for start in range(0, len(examples), batch_size):
-        ids, mask = encode_prompts(bb.tokenizer, [ex.question for ex in examples[start:start + batch_size]], bb.device)
+        questions = [ex.question for ex in examples[start:start + batch_size]]
+        ids, mask = encode_prompts(bb.tokenizer, questions, bb.device, system=system)
         traces.extend(generate(bb, ids, mask, memory, gen, monitor=True, policy=policy).traces)
     return traces
 

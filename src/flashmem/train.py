@@ -24,6 +24,7 @@ from .config import MemoryConfig, ModelOptions, check, option
 from .data import ON_ERROR, load_examples, split_validation
 from .errors import FlashmemError
 from .loader import load_backbone
+from .prompts import PROMPTS, system_prompt
 from .registry import METHOD_NAMES, build_memory, default_config, identity_mismatch
 from .targets import SelfTargetSettings, build_self_targets
 from .thresholds import needs_threshold, sequence_threshold
@@ -66,6 +67,8 @@ class TrainConfig(ModelOptions):
     val_size: int = option(64, "held-out examples taken from the training data (0: none)")
     save_every: int = option(50, "checkpoint every N steps (0: only at the end)")
     minutes: float | None = option(None, "stop and save cleanly after M minutes of training")
+    prompt: str = option("plain", "system prompt the questions are asked with (plain: none; boxed: ask for "
+                         "\\boxed{} final answers)", choices=tuple(PROMPTS))
     memory: MemoryConfig | None = option(None, "The memory and its insertion policy. Defaults are the method's own: "
                                          "MemGen uses the delimiter trigger, budget 3, gap 1.")
 
@@ -104,8 +107,9 @@ def train(cfg: TrainConfig) -> int:
     if cfg.targets == "self":
         with acc.main_process_first():  # the others then read the finished cache
             train_ex = self_targets(bb, train_ex, cfg)
-    train_seqs = encode_examples(bb.tokenizer, train_ex, cfg.max_length, cfg.on_bad_data, source)
-    val_seqs = encode_examples(bb.tokenizer, val_ex, cfg.max_length, "skip", source) if val_ex else []
+    system = system_prompt(cfg.prompt)
+    train_seqs = encode_examples(bb.tokenizer, train_ex, cfg.max_length, cfg.on_bad_data, source, system)
+    val_seqs = encode_examples(bb.tokenizer, val_ex, cfg.max_length, "skip", source, system) if val_ex else []
     trainer = Trainer(bb, memory, policy, train_seqs, val_seqs, cfg, acc, total_steps(cfg, len(train_seqs)))
     if ckpt is not None:
         trainer.restore(ckpt)
@@ -188,7 +192,8 @@ def load_data(cfg: TrainConfig):
 
 
 def self_targets(bb, examples, cfg: TrainConfig):
-    settings = SelfTargetSettings(samples=cfg.self_samples, max_new_tokens=cfg.self_max_new_tokens, seed=cfg.seed)
+    settings = SelfTargetSettings(samples=cfg.self_samples, max_new_tokens=cfg.self_max_new_tokens, seed=cfg.seed,
+                                  system=system_prompt(cfg.prompt))
     kept = build_self_targets(bb, examples, cfg.out, settings)
     if not kept:
         raise FlashmemError("--targets self: the backbone solved none of the training questions; "
