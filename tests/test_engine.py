@@ -285,3 +285,55 @@ def test_latents_depend_on_the_context():
         changed = memory(memory_context(bb, other, mask))
     assert torch.equal(first, again)
     assert (changed - first).norm(dim=-1).min() > 1e-3  # every latent of every row moved
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_answer(monkeypatch):
+    import flashmem.generation as generation
+
+    model = tiny_model("llama")
+    bb = Backbone(model)
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(3, 250, (6, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = mask[4, :5] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    memory = firing_memory(bb, threshold=2.0)
+    probe = generate(bb, ids, mask, memory, GenerationConfig(max_new_tokens=16, compact=False))
+    model.generation_config.eos_token_id = probe.tokens[0][3]  # row 0 (and maybe others) stops early
+    full = generate(bb, ids, mask, memory, GenerationConfig(max_new_tokens=16, compact=False))
+    calls = []
+    real = generation.select_rows
+    monkeypatch.setattr(generation, "select_rows", lambda *a: calls.append(len(a[2])) or real(*a))
+    compact = generate(bb, ids, mask, memory, GenerationConfig(max_new_tokens=16))
+    assert calls and min(len(t) for t in full.tokens) < 16 == max(len(t) for t in full.tokens)
+    assert compact.tokens == full.tokens
+    for a, b in zip(full.traces, compact.traces):
+        assert a.consolidations == b.consolidations and a.prompt_memory == b.prompt_memory
+        assert a.tokens == b.tokens  # rows that left the batch go on with padding, as before
+        n = len(b.entropy)  # a row's entropy stops when it leaves the batch
+        assert n >= 3 and torch.allclose(torch.tensor(b.entropy), torch.tensor(a.entropy[:n]), atol=1e-5)
+
+
+def test_length_normalised_entropy_is_the_raw_one_over_log_n_and_stays_consistent():
+    torch.manual_seed(1)
+    q, k = torch.randn(2, 4, 3, 8), torch.randn(2, 2, 9, 8)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :2] = 0
+    sinks = sink_mask(mask, 2)
+    causal = torch.arange(9)[None, :] <= torch.arange(6, 9)[:, None]  # the last 3 slots as queries
+    visible = mask.bool()[:, None, :] & causal[None]
+    raw = attention_entropy(q, k, visible, sinks, 0.35)
+    norm = attention_entropy(q, k, visible, sinks, 0.35, normalize=True)
+    n = (visible & ~sinks[:, None, :]).sum(-1).double()  # visible non-sink keys per query: row 0 has 2 pads
+    assert n[0].tolist() == [3, 4, 5] and n[1].tolist() == [5, 6, 7]
+    assert torch.allclose(norm.double(), raw.double() / n.log(), atol=1e-6) and norm.max() <= 1 + 1e-6
+    # The normalised rule decodes and trains alike: the training path's NLL is generation's.
+    bb = Backbone(tiny_model("qwen2"))
+    memory = firing_memory(bb, entropy="normalized", threshold=0.5, min_gap=3)
+    g = torch.Generator().manual_seed(12)
+    prompt, answer = torch.randint(3, 200, (9,), generator=g), torch.randint(3, 200, (30,), generator=g)
+    res = generate(bb, prompt[None], torch.ones(1, 9, dtype=torch.long), memory, forced=answer[None])
+    found = find_insertions(bb, memory, prompt, answer)
+    assert found.insertions == res.traces[0].consolidations and found.insertions
+    assert abs(found.nll.item() + res.logprobs.sum().item()) < 1e-4
+    assert all(0 <= e <= 1 for e in res.traces[0].entropy)

@@ -147,6 +147,11 @@ class Backbone:
         return cache.get_seq_length()
 
     @staticmethod
+    def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+        """Keep only the batch rows `rows` (R,) of every layer, in that order."""
+        cache.batch_select_indices(rows)
+
+    @staticmethod
     def crop(cache: DynamicCache, keep: int) -> None:
         """Keep the first `keep` positions of every layer."""
         drop = cache.get_seq_length() - keep

@@ -18,6 +18,7 @@ from .files import atomic_write_text
 
 CONFIG_NAME = "memory_config.json"
 TRIGGERS = ("monitor", "delimiter", "always")
+ENTROPIES = ("raw", "normalized")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -51,6 +52,9 @@ class MemoryConfig:
     min_gap: int = option(24, "fewest answer tokens between two consolidations")
     prompt_memory: bool = option(True, "make memory once at the end of the prompt")
     trigger_memory: bool = option(True, "make memory during decoding when the trigger fires (off: prompt-end only)")
+    entropy: str = option("raw", "the monitor's signal: raw (the paper's entropy) or normalized (divided by log n "
+                          "of the visible non-sink keys, its maximum, so a fixed tau does not fire more late in long "
+                          "answers)", choices=ENTROPIES)
     trigger: str = option("monitor", "monitor (entropy above tau), delimiter (after ',', '.', newline: MemGen's "
                           "rule) or always (whenever budget and gap allow: fixed benchmark schedules)", choices=TRIGGERS)
     lora_r: int = option(16, "MemGen weaver LoRA rank")
@@ -72,6 +76,7 @@ class MemoryConfig:
             (self.budget >= 0, f"budget must be >= 0, got {self.budget}"),
             (self.min_gap >= 1, f"min_gap must be >= 1, got {self.min_gap}"),
             (self.trigger in TRIGGERS, f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}"),
+            (self.entropy in ENTROPIES, f"entropy must be raw or normalized, got {self.entropy!r}"),
             (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}"),
         ], "memory config")
 
@@ -109,6 +114,7 @@ class GenerationConfig:
     top_p: float = option(1.0, "nucleus sampling mass (with temperature > 0)")
     seed: int = option(0, "seed of the sampler")
     use_memory: bool = option(True, "False: plain decoding (the monitor may still run for a trace)")
+    compact: bool = option(True, "drop finished rows from the batch as they finish (same tokens, less compute)")
 
     def __post_init__(self) -> None:
         check([

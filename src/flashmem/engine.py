@@ -34,6 +34,8 @@ class DecodeState:
     ids_mask: torch.Tensor  # (B, T_ids)
     hidden: torch.Tensor  # (B, d) hidden state of each row's newest token
     logits: torch.Tensor  # (B, V) logits for each row's next token
+    made: torch.Tensor  # (B,) consolidations each row has had (the prompt-end one included)
+    normalize_entropy: bool = False  # the monitor's signal divided by log n (MemoryConfig.entropy)
     inputs: list[torch.Tensor] | None = None  # every embedding fed, kept only for MemGen's re-prefill
 
     @property
@@ -42,7 +44,7 @@ class DecodeState:
 
 
 def prefill(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, want_query: bool = False,
-            keep_inputs: bool = False) -> tuple[DecodeState, StepOutput]:
+            keep_inputs: bool = False, normalize_entropy: bool = False) -> tuple[DecodeState, StepOutput]:
     """Encode left-padded prompts. Returns the state and the step output (query for every position)."""
     mask = mask.long()
     # Same position rule as transformers' generate for left padding.
@@ -56,7 +58,8 @@ def prefill(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, w
     lengths = mask.sum(-1)
     state = DecodeState(cache=cache, mask=mask, positions=lengths, next_positions=lengths.tolist(),
                         sinks=sink_mask(mask, n_sinks), ids=ids, ids_mask=mask, hidden=out.hidden[:, -1],
-                        logits=out.logits[:, -1], inputs=[embeds] if keep_inputs else None)
+                        logits=out.logits[:, -1], made=torch.zeros_like(lengths),
+                        normalize_entropy=normalize_entropy, inputs=[embeds] if keep_inputs else None)
     return state, out
 
 
@@ -93,7 +96,7 @@ def chunk_entropy(bb: Backbone, state: DecodeState, query: torch.Tensor) -> torc
     slots = torch.arange(t, device=keys.device)
     causal = slots[None, :] <= (t - q + torch.arange(q, device=keys.device))[:, None]  # (Q, T)
     visible = state.mask.bool()[:, None, :] & causal[None]
-    return attention_entropy(query, keys, visible, state.sinks, bb.scaling)
+    return attention_entropy(query, keys, visible, state.sinks, bb.scaling, state.normalize_entropy)
 
 
 def decode_step(bb: Backbone, state: DecodeState, token: torch.Tensor, watch: bool) -> torch.Tensor | None:
@@ -109,7 +112,7 @@ def consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, rows: li
     """Make latents from the current state and inject them for `rows` (pick: the same on the device);
     the next logits follow them."""
     pick = pick if pick is not None else torch.tensor(rows, device=state.mask.device)
-    ctx = MemoryContext(bb, state.cache, state.mask, state.positions, state.hidden, state.ids, state.ids_mask)
+    ctx = memory_context(bb, state)
     if all(rows):
         latents = memory(ctx)  # (B, K, d)
     else:
@@ -120,7 +123,14 @@ def consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, rows: li
         latents = picked.new_zeros(len(rows), *picked.shape[1:]).index_copy(0, index, picked)
     out = forward_chunk(bb, state, latents, rows, pick=pick)
     _take_last(state, out, pick)
+    state.made = state.made + pick.long()
     return latents
+
+
+def memory_context(bb: Backbone, state: DecodeState) -> MemoryContext:
+    """What a memory may read of the current state, every row."""
+    return MemoryContext(bb, state.cache, state.mask, state.positions, state.hidden, state.ids, state.ids_mask,
+                         index=state.made)
 
 
 def prompt_memory(bb: Backbone, memory: LatentMemory, state: DecodeState, policy: MemoryConfig) -> torch.Tensor | None:
@@ -141,6 +151,21 @@ def maybe_consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, tr
         reprefill(bb, state, rows)
     trigger.record(pick, step)
     return latents
+
+
+def select_rows(bb: Backbone, state: DecodeState, keep: list[int]) -> torch.Tensor:
+    """Shrink the batch to rows `keep` (host indices, in order); returns them as a device tensor.
+
+    Finished rows would otherwise go on costing a full row of compute every step until the longest
+    answer of the batch ends."""
+    index = torch.tensor(keep, device=state.mask.device)
+    bb.select_rows(state.cache, index)
+    for name in ("mask", "positions", "sinks", "ids", "ids_mask", "hidden", "logits", "made"):
+        setattr(state, name, getattr(state, name)[index])
+    state.next_positions = [state.next_positions[r] for r in keep]
+    if state.inputs is not None:
+        state.inputs = [torch.cat(state.inputs, 1)[index]]
+    return index
 
 
 def room_for(bb: Backbone, state: DecodeState, extra: int) -> bool:

@@ -29,8 +29,9 @@ from .loader import load_backbone
 from .memory import LatentMemory
 from .records import RecordFile
 from .registry import METHOD_NAMES, WEIGHTS_NAME, build_memory, default_config, load_memory
-from .report import compare_runs, comparison_markdown, machine_info, summarize, summary_markdown
+from .report import POSITION_BUCKET, compare_runs, comparison_markdown, machine_info, summarize, summary_markdown
 from .scoring import find_insertions
+from .ablations import ABLATIONS, foreign_context, foreign_examples, mean_latents
 from .prompts import PROMPTS, system_prompt
 from .thresholds import needs_threshold, prompt_threshold
 
@@ -60,6 +61,8 @@ class EvalConfig(ModelOptions):
     nll: bool = option(True, "score the reference answer's NLL beside each generated answer")
     prompt: str = option("plain", "system prompt the questions are asked with (plain: none; boxed: ask for "
                          "\\boxed{} final answers, Qwen's math-evaluation prompt)", choices=tuple(PROMPTS))
+    ablate: str = option("none", "foreign-context: memory made from another question's prompt state; mean-latents: "
+                         "the mean of this memory's latents over the questions (see ablations.py)", choices=ABLATIONS)
     out: str = option(MISSING, "summary JSON; records and markdown go beside it", metavar="FILE.json")
     compare: list[str] = option(default_factory=list, help="paired comparison with other runs on the shared questions",
                                 metavar="OTHER.json")
@@ -77,6 +80,8 @@ class EvalConfig(ModelOptions):
              "untrained one as a plumbing check"),
             (not (self.memory and self.untrained), "--memory and --untrained exclude each other"),
             (self.nll or not self.nll_only, "--no-nll and --nll-only exclude each other"),
+            (self.ablate == "none" or self.method not in ("vanilla", "softprompt"),
+             f"--ablate {self.ablate} needs a memory that reads its context (not {self.method})"),
         ], "evaluation config")
         missing = [path for path in self.compare if not Path(path).is_file()]
         if missing:
@@ -94,6 +99,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     notes += ensure_threshold(fm, examples)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    foreign = foreign_examples(examples) if cfg.ablate == "foreign-context" else None
     examples = examples[: cfg.limit] if cfg.limit else examples
     identity = record_identity(cfg, fm)
     settings = {**identity, "memory": cfg.memory or ("untrained" if memory is not None else None),
@@ -101,8 +107,13 @@ def evaluate(cfg: EvalConfig) -> dict:
                 "data_source": report.path, "notes": notes, "machine": machine_info(), "config": asdict(cfg)}
     out = Path(cfg.out)
     records = open_records(out, identity, settings, examples)
-    run_questions(fm, examples, GenerationConfig(max_new_tokens=cfg.max_new_tokens), cfg.batch_size, records,
-                  label=cfg.method, nll_only=cfg.nll_only, nll=cfg.nll)
+    if cfg.ablate == "mean-latents":
+        fm.memory = mean_latents(fm.backbone, fm.memory, fm.config, [reference_pair(fm, ex) for ex in examples],
+                                 out.with_suffix(".mean_latents.safetensors"))
+    # The foreign batch follows the live one row for row, so rows may not leave it as they finish.
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, compact=foreign is None)
+    run_questions(fm, examples, gen, cfg.batch_size, records, label=cfg.method, nll_only=cfg.nll_only, nll=cfg.nll,
+                  foreign=foreign)
     summary = summarize([records.done[ex.line] for ex in examples], settings)
     summary["records_file"] = records.path.name
     text = summary_markdown(summary)
@@ -174,6 +185,8 @@ def record_identity(cfg: EvalConfig, fm: FlashMem) -> dict:
                 "split": cfg.split, "max_new_tokens": cfg.max_new_tokens, "prompt": PROMPT_LABELS[cfg.prompt]}
     if not cfg.nll:
         identity["nll"] = False
+    if cfg.ablate != "none":
+        identity["ablate"] = cfg.ablate
     if cfg.nll_only:  # only then, so records written before the option existed still resume
         identity["nll_only"] = True
     if fm.config is not None:
@@ -189,7 +202,7 @@ def _file_digest(path: Path) -> str:
 # ---- the evaluation loop -----------------------------------------------------------------------
 def run_questions(fm: FlashMem, examples: list[Example], gen: GenerationConfig, batch_size: int,
                   records: RecordFile, label: str = "", progress: bool = True, nll_only: bool = False,
-                  nll: bool = True) -> None:
+                  nll: bool = True, foreign: dict[int, Example] | None = None) -> None:
     """Generate and score every example not yet in `records`, appending a batch at a time."""
     from tqdm import tqdm
 
@@ -201,7 +214,9 @@ def run_questions(fm: FlashMem, examples: list[Example], gen: GenerationConfig, 
     try:
         for start in range(0, len(todo), batch_size):
             batch = todo[start: start + batch_size]
-            rows = [nll_record(fm, ex) for ex in batch] if nll_only else score_batch(fm, batch, gen, nll)
+            one = lambda ex: with_foreign(fm, foreign, [ex])  # noqa: E731  (the FlashMem a question's NLL runs with)
+            rows = [nll_record(one(ex), ex) for ex in batch] if nll_only \
+                else score_batch(with_foreign(fm, foreign, batch), batch, gen, nll, single=one)
             records.append(rows)
             bar.update(len(rows))
             if not nll_only:
@@ -211,28 +226,41 @@ def run_questions(fm: FlashMem, examples: list[Example], gen: GenerationConfig, 
         bar.close()
 
 
-def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig, nll: bool = True) -> list[dict]:
-    """Records for a batch: generation (timed together) then one teacher-forced NLL per question (unless not nll)."""
+def with_foreign(fm: FlashMem, foreign: dict[int, Example] | None, batch: list[Example]) -> FlashMem:
+    """fm itself, or (--ablate foreign-context) fm whose memory reads the batch's foreign prompt states."""
+    if foreign is None:
+        return fm
+    memory = foreign_context(fm.backbone, fm.memory, [foreign[ex.line].question for ex in batch], fm.system)
+    return FlashMem(fm.backbone, memory, fm.trained, fm.config, fm.system)
+
+
+def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig, nll: bool = True,
+                single=None) -> list[dict]:
+    """Records for a batch: generation (timed together) then one teacher-forced NLL per question (unless not
+    nll); single(ex) gives the FlashMem a question's NLL runs with (default fm)."""
     bb = fm.backbone
     ids, mask = fm.encode([ex.question for ex in batch])
     start = time.perf_counter()
     result = generate(bb, ids, mask, fm.memory, gen, monitor=False, policy=fm.config)
     gen_seconds = (time.perf_counter() - start) / len(batch)
-    trigger = trigger_counter(bb, fm.config if fm.memory is not None else None)
+    signal = trigger_signal(bb, fm.config if fm.memory is not None else None)
     rows = []
     for r, ex in enumerate(batch):
         tokens = result.tokens[r]
         text = bb.tokenizer.decode(tokens, skip_special_tokens=True)
         start = time.perf_counter()
-        scored = answer_nll(fm, ex) if nll else (None, 0, [])
+        scored = answer_nll(single(ex) if single else fm, ex) if nll else (None, 0, [])
         steps = max(len(tokens) - 1, 0)  # decode steps after which the trigger was consulted
+        up = signal(result, r, steps) if signal else None
         rows.append({
             "id": ex.line, "question_sha": question_sha(ex.question), "final": ex.final,
             "prediction": text, "correct": bool(is_correct(text, ex.final, ex.kind)),
             "nll": scored[0], "nll_tokens": scored[1], "nll_insertions": scored[2],
             "gen_tokens": len(tokens), "consolidations": len(result.traces[r].consolidations),
             "prompt_memory": result.traces[r].prompt_memory, "decode_steps": steps,
-            "trigger_steps": trigger(result, r, steps) if trigger else None,
+            "trigger_steps": sum(up) if up is not None else None,
+            "signal_by_position": by_position(up) if up is not None else None,
+            "consolidation_steps": result.traces[r].consolidations,
             "gen_seconds": gen_seconds, "nll_seconds": time.perf_counter() - start,
         })
     return rows
@@ -254,14 +282,20 @@ def question_sha(question: str) -> str:
     return hashlib.sha1(question.encode()).hexdigest()[:12]
 
 
+def reference_pair(fm: FlashMem, ex: Example) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt ids (T,), reference answer ids + EOS (N,)) of a question, as the NLL scores them."""
+    tok = fm.backbone.tokenizer
+    prompt, _ = fm.encode([ex.question])
+    answer = tok(ex.answer, add_special_tokens=False)["input_ids"]
+    answer += [tok.eos_token_id] if tok.eos_token_id is not None else []  # the model should also stop
+    return prompt[0], torch.tensor(answer, device=fm.backbone.device)
+
+
 def answer_nll(fm: FlashMem, ex: Example) -> tuple[float | None, int, list[int]]:
     """(summed NLL, tokens, insertions) of the reference answer + EOS; NLL None when it cannot fit."""
     bb, cfg = fm.backbone, fm.config if fm.memory is not None else None
-    prompt, _ = fm.encode([ex.question])
-    tok = bb.tokenizer
-    answer = tok(ex.answer, add_special_tokens=False)["input_ids"]
-    answer += [tok.eos_token_id] if tok.eos_token_id is not None else []  # the model should also stop
-    answer = torch.tensor(answer, device=bb.device)
+    prompt, answer = reference_pair(fm, ex)
+    prompt = prompt[None]
     extra = 0 if cfg is None else cfg.num_latents * (1 + cfg.budget)
     if prompt.shape[1] + answer.numel() + extra > bb.max_positions:
         return None, int(answer.numel()), []
@@ -269,14 +303,20 @@ def answer_nll(fm: FlashMem, ex: Example) -> tuple[float | None, int, list[int]]
     return float(scored.nll), scored.n_tokens, list(scored.insertions)
 
 
-def trigger_counter(bb: Backbone, policy: MemoryConfig | None):
-    """f(result, row, steps) -> steps on which the method's trigger signal was raised, or None."""
-    if policy is None or not policy.trigger_memory:
+def trigger_signal(bb: Backbone, policy: MemoryConfig | None):
+    """f(result, row, steps) -> per answer step, whether the method's trigger signal was up; None when the
+    method makes no memory during decoding."""
+    if policy is None or not policy.trigger_memory or policy.trigger == "always":
         return None
     if policy.trigger == "monitor":
-        return lambda result, r, steps: sum(e > policy.threshold for e in result.traces[r].entropy[:steps])
+        return lambda result, r, steps: [e > policy.threshold for e in result.traces[r].entropy[:steps]]
     delimiters = delimiter_token_mask(bb.tokenizer, bb.vocab_size).tolist()
-    return lambda result, r, steps: sum(bool(delimiters[t]) for t in result.tokens[r][:steps])
+    return lambda result, r, steps: [bool(delimiters[t]) for t in result.tokens[r][:steps]]
+
+
+def by_position(up: list[bool]) -> list[list[int]]:
+    """[[steps, raised], ...] per bucket of POSITION_BUCKET answer steps."""
+    return [[len(chunk), sum(chunk)] for chunk in (up[i:i + POSITION_BUCKET] for i in range(0, len(up), POSITION_BUCKET))]
 
 
 def _json_default(value):

@@ -1,11 +1,12 @@
 """Free decoding with latent memory: prefill, memory at the prompt end, then one token at a time,
 consolidating where the trigger fires (within the budget and gap).
 
-Batched with left padding; rows finish independently at EOS; greedy or temperature/top-p sampling
-(the sampler's generator lives on the model's device). With `forced` tokens the same loop scores a
-given answer (teacher forcing), which is how the tests check that training and inference assign
-the same likelihood. The loop reads back from the device once per step: whether every row has
-finished and which rows fire, together.
+Batched with left padding; rows finish independently at EOS and leave the batch (once a quarter of
+it has finished, the rest goes on alone); greedy or temperature/top-p sampling (the sampler's
+generator lives on the model's device). With `forced` tokens the same loop scores a given answer
+(teacher forcing), which is how the tests check that training and inference assign the same
+likelihood. The loop reads back from the device once per step: which rows have finished and which
+fire, together.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from .backbone import Backbone
 from .config import GenerationConfig, MemoryConfig
-from .engine import DecodeState, decode_step, maybe_consolidate, prefill, prompt_memory, room_for
+from .engine import DecodeState, decode_step, maybe_consolidate, prefill, prompt_memory, room_for, select_rows
 from .memory import LatentMemory
 from .trigger import Trigger
 
@@ -44,15 +45,17 @@ class GenerationResult:
 
 @dataclass
 class _Log:
-    """What a generate call keeps while it runs (device tensors; read back once at the end)."""
+    """What a generate call keeps while it runs (device tensors; read back once at the end). Each entry
+    carries `origin`, the original row of each current batch row (the batch shrinks as rows finish)."""
 
     keep: bool
-    tokens: list[torch.Tensor] = field(default_factory=list)
-    entropy: list[torch.Tensor] = field(default_factory=list)
+    origin: list[int] = field(default_factory=list)
+    tokens: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
+    entropy: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
     logprobs: list[torch.Tensor] = field(default_factory=list)
     step_logits: list[torch.Tensor] = field(default_factory=list)
     latents: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    fired: list[tuple[int, list[bool]]] = field(default_factory=list)
+    fired: list[tuple[int, list[int]]] = field(default_factory=list)  # (step, original rows that fired)
 
 
 def choose_token(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator | None) -> torch.Tensor:
@@ -92,23 +95,26 @@ def generate(
     trigger = Trigger.build(bb, policy, ids.shape[0], ids.device)
     watch = monitor or trigger.needs_entropy
     n_sinks = (policy or memory.config).n_sinks if memory is not None else DEFAULT_SINKS
-    state, _ = prefill(bb, ids, mask, n_sinks, keep_inputs=policy is not None and policy.reprefill)
-    log = _Log(keep_logits)
+    normalize = ((policy or memory.config).entropy == "normalized") if memory is not None else False
+    state, _ = prefill(bb, ids, mask, n_sinks, keep_inputs=policy is not None and policy.reprefill,
+                       normalize_entropy=normalize)
+    log = _Log(keep_logits, origin=list(range(ids.shape[0])))
     prompt_latents = prompt_memory(bb, memory, state, policy) if policy is not None else None
     if prompt_latents is not None:
         log.latents.append((-1, prompt_latents))
-    _decode(bb, state, memory, policy, trigger, gen, forced, watch, log)
+    compact = gen.compact and forced is None and not keep_logits  # the tests' logits need the whole batch
+    _decode(bb, state, memory, policy, trigger, gen, forced, watch, log, compact)
     threshold = (policy or memory.config).threshold if memory is not None else None
-    return _result(log, ids.shape[0], threshold, prompt_latents is not None, bb.stop_ids() if forced is None else None)
+    stops = bb.stop_ids() if forced is None else None
+    return _result(log, ids.shape[0], threshold, prompt_latents is not None, stops, bb.pad_id())
 
 
 def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, gen: GenerationConfig,
-            forced: torch.Tensor | None, watch: bool, log: _Log) -> None:
-    """The decoding loop: pick a token, feed it, let the trigger decide, until done."""
-    b = state.mask.shape[0]
+            forced: torch.Tensor | None, watch: bool, log: _Log, compact: bool) -> None:
+    """The decoding loop: pick a token, feed it, let the trigger decide, drop finished rows, until done."""
     rng = torch.Generator(device=state.mask.device).manual_seed(gen.seed) if gen.temperature > 0 else None
     eos = torch.tensor(bb.stop_ids() or [-1], device=state.mask.device)
-    finished = torch.zeros(b, dtype=torch.bool, device=state.mask.device)
+    finished = torch.zeros(state.mask.shape[0], dtype=torch.bool, device=state.mask.device)
     steps = forced.shape[1] if forced is not None else gen.max_new_tokens
     pad = bb.pad_id()
     for step in range(steps):
@@ -117,16 +123,28 @@ def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, 
             break
         entropy = decode_step(bb, state, token, watch)
         fire = trigger.fire_rows(entropy, token, step, ~finished) if trigger.kind else None
-        all_finished, rows = _read_back(finished, fire)  # the step's one host round trip
-        if all_finished:
+        done, rows = _read_back(finished, fire)  # the step's one host round trip
+        if all(done):
             break  # this step's forward was not needed; like a break before it, it leaves no trace
         if entropy is not None:
-            log.entropy.append(entropy)
+            log.entropy.append((log.origin, entropy))
         latents = maybe_consolidate(bb, memory, state, trigger, policy, rows, step) if any(rows) else None
         if latents is not None:
-            log.fired.append((step, rows))
+            log.fired.append((step, [log.origin[r] for r, fired in enumerate(rows) if fired]))
             if log.keep:
                 log.latents.append((step, latents))
+        if compact and sum(done) >= max(1, len(done) // 4):
+            finished = _drop_finished(bb, state, trigger, finished, done, log)
+
+
+def _drop_finished(bb: Backbone, state: DecodeState, trigger: Trigger, finished: torch.Tensor, done: list[bool],
+                   log: _Log) -> torch.Tensor:
+    """Shrink the batch to the rows still decoding; returns their finished flags (all False)."""
+    keep = [r for r, d in enumerate(done) if not d]
+    index = select_rows(bb, state, keep)
+    trigger.select(index)
+    log.origin = [log.origin[r] for r in keep]
+    return finished[index]
 
 
 def _pick(state, gen, rng, forced, step, finished, pad, eos, log: _Log):
@@ -140,27 +158,48 @@ def _pick(state, gen, rng, forced, step, finished, pad, eos, log: _Log):
         token = choose_token(state.logits, gen, rng)
         token = torch.where(finished, torch.full_like(token, pad), token)
         finished = finished | torch.isin(token, eos)
-    log.tokens.append(token)
+    log.tokens.append((log.origin, token))
     return token, finished
 
 
-def _read_back(finished: torch.Tensor, fire: torch.Tensor | None) -> tuple[bool, list[bool]]:
-    """(every row finished, which rows fire) in one device-to-host copy."""
-    flags = finished.all()[None] if fire is None else torch.cat([finished.all()[None], fire])
-    values = flags.tolist()
-    return bool(values[0]), [bool(v) for v in values[1:]] or [False] * finished.shape[0]
+def _read_back(finished: torch.Tensor, fire: torch.Tensor | None) -> tuple[list[bool], list[bool]]:
+    """(which rows have finished, which rows fire) in one device-to-host copy."""
+    b = finished.shape[0]
+    values = (finished if fire is None else torch.cat([finished, fire])).tolist()
+    return [bool(v) for v in values[:b]], [bool(v) for v in values[b:]] or [False] * b
 
 
-def _result(log: _Log, b: int, threshold: float | None, prompt_memory: bool, eos: list[int] | None) -> GenerationResult:
+def _by_row(entries: list[tuple[list[int], torch.Tensor]], b: int, fill) -> list[list]:
+    """Per original row, the values of a log of (origin, (B_now,) tensor) entries, read back once per
+    stretch of steps with the same batch."""
+    rows: list[list] = [[] for _ in range(b)]
+    start = 0
+    while start < len(entries):
+        origin, end = entries[start][0], start
+        while end < len(entries) and entries[end][0] is origin:
+            end += 1
+        values = torch.stack([t for _, t in entries[start:end]], 1).tolist()  # (B_now, steps)
+        present = set(origin)
+        for r, row in zip(origin, values):
+            rows[r].extend(row)
+        if fill is not None:
+            for r in range(b):
+                if r not in present:
+                    rows[r].extend([fill] * (end - start))
+        start = end
+    return rows
+
+
+def _result(log: _Log, b: int, threshold: float | None, prompt_memory: bool, eos: list[int] | None,
+            pad: int) -> GenerationResult:
     """Read the log back to the host once and build the per-row traces."""
-    tokens = torch.stack(log.tokens, 1).tolist()
-    entropy = torch.stack(log.entropy, 1).tolist() if log.entropy else [[] for _ in range(b)]
+    tokens = _by_row(log.tokens, b, fill=pad)  # rows that left the batch go on with padding, as before
+    entropy = _by_row(log.entropy, b, fill=None)
     traces = [RowTrace(threshold=threshold, entropy=entropy[r], tokens=list(tokens[r]),
                        prompt_memory=prompt_memory) for r in range(b)]
     for step, rows in log.fired:
-        for r, fired in enumerate(rows):
-            if fired:
-                traces[r].consolidations.append(step)
+        for r in rows:
+            traces[r].consolidations.append(step)
     return GenerationResult(
         tokens=[_trim(row, eos) for row in tokens], traces=traces,
         logprobs=torch.stack(log.logprobs, 1) if log.logprobs else None,

@@ -28,6 +28,7 @@ class MemoryContext:
     ids: torch.Tensor  # (B, T_ids) token ids so far, left-padded (MemGen's weaver re-reads them)
     ids_mask: torch.Tensor  # (B, T_ids)
     rows: torch.Tensor | None = None  # (B,) the cache's batch rows this context covers; None: all
+    index: torch.Tensor | None = None  # (B,) consolidations each row already had (0: this is its first)
 
     def cache_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, n_kv, T, D) of one cached layer, for this context's rows only."""
@@ -40,7 +41,8 @@ class MemoryContext:
         first = int(ids_mask.any(0).long().argmax())  # ids are left-padded: leading columns only
         cache_rows = rows if self.rows is None else self.rows[rows]
         return MemoryContext(self.backbone, self.cache, self.mask[rows], self.positions[rows], self.hidden[rows],
-                             self.ids[rows, first:], ids_mask[:, first:], cache_rows)
+                             self.ids[rows, first:], ids_mask[:, first:], cache_rows,
+                             None if self.index is None else self.index[rows])
 
 
 class LatentMemory(nn.Module):

@@ -19,12 +19,15 @@ def sink_mask(mask: torch.Tensor, n_sinks: int) -> torch.Tensor:
 
 
 def attention_entropy(
-    query: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, sinks: torch.Tensor, scaling: float
+    query: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, sinks: torch.Tensor, scaling: float,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """Head-averaged entropy of each query's attention over visible non-sink keys.
 
     query (B, H, Q, D) rotated; keys (B, n_kv, T, D) rotated (the cache); visible (B, Q, T) bool
-    (causal and padding); sinks (B, T) bool. Returns (B, Q) float32.
+    (causal and padding); sinks (B, T) bool. Returns (B, Q) float32. normalize: divided by log n, n the
+    query's visible non-sink keys (the entropy's maximum), so the signal does not grow with the answer
+    (a query that sees fewer than two such keys has 0).
     """
     b, h, q, d = query.shape
     n_kv = keys.shape[1]
@@ -38,5 +41,8 @@ def attention_entropy(
     log_p = torch.log_softmax(scores, dim=-1)
     plogp = torch.where(allowed, log_p.exp() * log_p, torch.zeros((), dtype=log_p.dtype))
     entropy = -plogp.sum(-1)  # (B, n_kv, G, Q)
-    entropy = torch.nan_to_num(entropy, nan=0.0)  # rows with no allowed key: defined as 0
-    return entropy.mean(dim=(1, 2))
+    entropy = torch.nan_to_num(entropy, nan=0.0).mean(dim=(1, 2))  # rows with no allowed key: defined as 0
+    if normalize:
+        n = allowed[:, 0, 0].sum(-1).float()  # (B, Q)
+        entropy = torch.where(n > 1, entropy / n.clamp_min(2).log(), torch.zeros_like(entropy))
+    return entropy

@@ -21,6 +21,8 @@ from .errors import FlashmemError
 from .records import read_records
 from .stats import mean_ci, paired_bootstrap, paired_relative_change, proportion_ci
 
+POSITION_BUCKET = 32  # answer tokens per bucket of the trigger rate against answer position
+
 
 def machine_info() -> dict:
     """Where a measurement ran: numbers from different machines are never compared directly."""
@@ -297,6 +299,7 @@ def summarize(records: list[dict], settings: dict) -> dict:
         "consolidations_per_answer": sum(r["consolidations"] for r in records) / n if generated else None,
         "prompt_memory_rate": sum(bool(r["prompt_memory"]) for r in records) / n if generated else None,
         "trigger_rate": sum(r["trigger_steps"] for r in watched) / steps if steps else None,
+        "trigger_rate_by_position": _rate_by_position(records),
         "generated_tokens": {"total": gen_tokens, "mean": gen_tokens / n},
         # Answers cut by --max-new-tokens: a cap that cuts one method's answers more than another's
         # decides part of their accuracy difference.
@@ -336,6 +339,22 @@ def results_table(summaries: list[dict]) -> str:
                      fmt(s["generated_tokens"]["mean"], 1), fmt(s.get("at_token_limit")), fmt(s["tokens_per_s"], 1)])
     return markdown_table(["method", "n", "accuracy [95% CI]", "answer NLL/token", "consolidations/answer",
                            "trigger rate", "tokens/answer", "at token limit", "tokens/s"], rows)
+
+
+def _rate_by_position(records: list[dict]) -> list[dict] | None:
+    """Signal-up rate and consolidations per bucket of answer positions, over the records that hold them."""
+    buckets = [r["signal_by_position"] for r in records if r.get("signal_by_position") is not None]
+    if not buckets:
+        return None
+    width = POSITION_BUCKET
+    out = []
+    for b in range(max(len(x) for x in buckets)):
+        steps = sum(x[b][0] for x in buckets if len(x) > b)
+        raised = sum(x[b][1] for x in buckets if len(x) > b)
+        made = sum(1 for r in records for s in r.get("consolidation_steps") or [] if b * width <= s < (b + 1) * width)
+        out.append({"from": b * width, "to": (b + 1) * width, "steps": steps, "rate": raised / steps if steps else None,
+                    "consolidations": made})
+    return out
 
 
 def _finite(value):

@@ -69,7 +69,8 @@ def encode_prompt(bb: Backbone, policy: MemoryConfig | None, prompt: torch.Tenso
     so this needs no graph."""
     ids = prompt[None]
     with torch.no_grad():
-        state, _ = prefill(bb, ids, torch.ones_like(ids), policy.n_sinks if policy is not None else DEFAULT_SINKS)
+        state, _ = prefill(bb, ids, torch.ones_like(ids), policy.n_sinks if policy is not None else DEFAULT_SINKS,
+                           normalize_entropy=policy is not None and policy.entropy == "normalized")
     return state
 
 

@@ -52,7 +52,8 @@ def prompt_threshold(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, config
     read at the last PROMPT_POSITIONS slots, and only where a non-sink key is visible (the first
     n_sinks + 1 positions of a row have no defined entropy and would pull the percentile to 0).
     """
-    state, out = prefill(bb, ids, mask, config.n_sinks, want_query=True)
+    state, out = prefill(bb, ids, mask, config.n_sinks, want_query=True,
+                         normalize_entropy=config.entropy == "normalized")
     q = min(PROMPT_POSITIONS, ids.shape[1])
     entropy = chunk_entropy(bb, state, out.query[:, :, -q:])  # (B, q)
     real = mask.bool()[:, -q:]

@@ -87,6 +87,10 @@ class Trigger:
         hits = (up & self.allowed(steps))[0].nonzero()
         return int(hits[0]) if hits.numel() else None
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep the counts of the batch rows `rows` (R,) only (finished rows leave a compacted batch)."""
+        self.fired, self.last = self.fired[rows], self.last[rows]
+
     def record(self, rows: torch.Tensor, step: int) -> None:
         """Count a consolidation after answer step `step` for rows (B,) bool."""
         self.fired = self.fired + rows.long()

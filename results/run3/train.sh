@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run 3 (issue 11), SmolLM2-135M: the memories behind the "is it memory?" comparison, all with the same
+# data (GSM8K train minus 64 held-out), 100 steps of 4 examples, K=8, prompt-end memory plus at most 2
+# triggered insertions (budget 2; FlashMem and the soft prompt: the monitor with tau from the untrained
+# system, gap 24; MemGen: its delimiter rule, budget 2 instead of its default 3, so both get the same
+# insertion budget). The soft prompt gets its own learning rate, swept over two decades.
+#   bash results/run3/train.sh flashmem|memgen|softprompt-sweep
+set -euo pipefail
+export OMP_NUM_THREADS=1
+OUT=results/run3/memories
+COMMON=(--threads 1 --data gsm8k --steps 100 --batch-size 4 --eval-every 25 --save-every 10 --seed 0)
+# done: the checkpoint reached its last step; resume: a checkpoint exists (an interrupted run saves one).
+done_() { python3 -c "import json,sys; s=json.load(open('$1/checkpoint/state.json')); sys.exit(s['step'] < s['total_steps'])" 2>/dev/null; }
+resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
+case "$1" in
+  flashmem)
+    done_ $OUT/flashmem || flashmem train "${COMMON[@]}" --method flashmem --lr 3e-4 --out $OUT/flashmem $(resume $OUT/flashmem) ;;
+  memgen)
+    done_ $OUT/memgen || flashmem train "${COMMON[@]}" --method memgen --lr 3e-4 --budget 2 --out $OUT/memgen $(resume $OUT/memgen) ;;
+  softprompt-sweep)
+    for lr in 1e-3 3e-3 1e-2 3e-2 1e-1; do
+      d=$OUT/softprompt_lr$lr
+      done_ $d || flashmem train "${COMMON[@]}" --method softprompt --lr $lr --out $d $(resume $d)
+    done ;;
+esac
