@@ -81,8 +81,12 @@ def _sample_batch(bb: Backbone, questions: list[Example], cfg: SelfTargetSetting
 
 
 def build_self_targets(bb: Backbone, examples: list[Example], out: str | Path, cfg: SelfTargetSettings) -> list[Example]:
-    """Examples whose answers are the backbone's own correct solutions (one per distinct kept sample)."""
-    path = Path(out) / SELF_TARGETS
+    """Examples whose answers are the backbone's own correct solutions (one per distinct kept sample).
+
+    out: a folder (the cache is OUT/self_targets.jsonl) or a .jsonl file, which several runs (one per
+    method) can share so that every memory learns the same targets."""
+    out = Path(out)
+    path = out if out.suffix == ".jsonl" else out / SELF_TARGETS
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_cache(path)
     if path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n"):

@@ -49,6 +49,9 @@ class TrainConfig(ModelOptions):
                           choices=("reference", "self"))
     self_samples: int = option(4, "--targets self: samples per question")
     self_max_new_tokens: int = option(256, "--targets self: tokens per sample")
+    self_temperature: float = option(0.7, "--targets self: sampling temperature (0: greedy, one sample is enough)")
+    self_targets_file: str | None = option(None, "--targets self: the samples' cache, shareable between runs "
+                                           "(default OUT/self_targets.jsonl)", metavar="FILE.jsonl")
     lr: float = option(3e-4, "peak learning rate")
     weight_decay: float = option(0.0, "AdamW weight decay")
     batch_size: int = option(4, "examples per optimiser step")
@@ -87,6 +90,7 @@ class TrainConfig(ModelOptions):
             (self.grad_clip > 0, f"--grad-clip must be > 0, got {self.grad_clip}"),
             (0 <= self.warmup < 1, f"--warmup must be in [0, 1), got {self.warmup}"),
             (self.minutes is None or self.minutes > 0, f"--minutes must be > 0, got {self.minutes}"),
+            (self.self_temperature >= 0, f"--self-temperature must be >= 0, got {self.self_temperature}"),
             (min(self.eval_every, self.val_size, self.save_every) >= 0,
              "--eval-every, --val-size and --save-every must be >= 0"),
         ], "training config")
@@ -193,8 +197,8 @@ def load_data(cfg: TrainConfig):
 
 def self_targets(bb, examples, cfg: TrainConfig):
     settings = SelfTargetSettings(samples=cfg.self_samples, max_new_tokens=cfg.self_max_new_tokens, seed=cfg.seed,
-                                  system=system_prompt(cfg.prompt))
-    kept = build_self_targets(bb, examples, cfg.out, settings)
+                                  temperature=cfg.self_temperature, system=system_prompt(cfg.prompt))
+    kept = build_self_targets(bb, examples, cfg.self_targets_file or cfg.out, settings)
     if not kept:
         raise FlashmemError("--targets self: the backbone solved none of the training questions; "
                             "use --targets reference or more --self-samples")
