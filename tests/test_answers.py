@@ -143,7 +143,7 @@ def test_reference_final_errors():
     with pytest.raises(FlashmemError, match="kind"):
         reference_final("5", "words")
     with pytest.raises(FlashmemError, match="kind"):
-        is_correct("5", "5", "exact")
+        is_correct("5", "5", "fuzzy")
 
 
 @pytest.mark.parametrize("text,number", [

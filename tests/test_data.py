@@ -2,20 +2,18 @@
 
 import json
 import os
-import re
 import sys
 import types
 from pathlib import Path
 
 import pytest
 
-from flashmem.answers import extract_number, is_correct
+from flashmem.answers import is_correct
 from flashmem.data import (
     DataReport,
     load_examples,
     resolve_data_dir,
     split_validation,
-    synthetic_arithmetic,
 )
 from flashmem.errors import FlashmemError
 
@@ -182,7 +180,7 @@ def test_limit_and_argument_checks(data_dir: Path):
 
 
 def test_split_validation_is_deterministic():
-    examples = synthetic_arithmetic(30, seed=0)
+    examples, _ = load_examples("recall:context=128,facts=2", "train", limit=30)
     train, val = split_validation(examples, 5, seed=1)
     again_train, again_val = split_validation(examples, 5, seed=1)
     assert (train, val) == (again_train, again_val)
@@ -191,23 +189,6 @@ def test_split_validation_is_deterministic():
     assert split_validation(examples, 5, seed=2)[1] != val
     with pytest.raises(FlashmemError, match="validation size"):
         split_validation(examples, 30, seed=0)
-
-
-def test_synthetic_is_deterministic_and_correct():
-    first = synthetic_arithmetic(200, seed=3)
-    assert first == synthetic_arithmetic(200, seed=3)
-    assert first != synthetic_arithmetic(200, seed=4)
-    assert len({ex.question.split()[1] for ex in first}) > 3  # several templates in use
-    for ex in first:
-        assert ex.source == "synthetic" and ex.kind == "number"
-        assert extract_number(ex.answer) == ex.final
-        assert int(ex.final) >= 0 and ex.answer.count("\n") >= 2
-        steps = re.findall(r"(\d+) ([-+*]) (\d+) = \$?(\d+)", ex.answer)
-        assert len(steps) >= 2
-        for left, op, right, result in steps:
-            assert eval(f"{left} {op} {right}") == int(result)  # noqa: S307 - digits only
-    with pytest.raises(FlashmemError):
-        synthetic_arithmetic(0, seed=0)
 
 
 def test_hub_fallback_uses_datasets_when_importable(tmp_path: Path, monkeypatch):

@@ -52,3 +52,16 @@ def test_demo_writes_every_report_file_and_resumes(tmp_path, monkeypatch):
     assert ran == ["evaluate", "bench"]
     assert (out / "bench.json").is_file()
     assert (out / "report.md").read_text().splitlines()[2].startswith(f"Model `{argv[2]}`; data used: {argv[4]} (")
+
+
+def test_without_its_data_the_demo_uses_the_recall_task_and_says_so(tmp_path, capsys):
+    from flashmem.cli.demo import FALLBACK_DATA, Demo, DemoConfig, choose_data
+    from flashmem.data import load_examples
+
+    demo = Demo(DemoConfig(out=str(tmp_path / "out"), data="gsm8k", data_dir=str(tmp_path / "nothing-here")))
+    assert choose_data(demo) == (FALLBACK_DATA, FALLBACK_DATA, "test")
+    assert "generated recall task" in capsys.readouterr().err
+    assert demo.state["data_used"].startswith(FALLBACK_DATA) and "gsm8k was not found" in demo.state["data_used"]
+    assert any("recall" in note for note in demo.notes)
+    examples, _ = load_examples(FALLBACK_DATA, "test", limit=2)  # it is there on any machine, offline
+    assert examples[0].kind == "exact"

@@ -1,6 +1,6 @@
-"""Answer extraction and scoring for math word-problem sets (GSM8K, MAWPS, MATH-500).
+"""Answer extraction and scoring: math word-problem sets (GSM8K, MAWPS, MATH-500) and recall.
 
-Two kinds of reference answer exist:
+Three kinds of reference answer exist:
 
 * ``"number"`` (GSM8K, MAWPS, synthetic): a single number. A model's answer is the text after
   the last ``####``, else the last ``\\boxed{...}``, else the first number on the line after the last
@@ -9,6 +9,9 @@ Two kinds of reference answer exist:
 * ``"math"`` (MATH-500): a LaTeX expression. A model's answer is the last ``\\boxed{...}``, else
   the last ``$...$``, else the last line; it is compared as a normalised string, and
   numerically when both sides are plain numbers or integer fractions.
+* ``"exact"`` (the generated recall set, flashmem.recall): a code such as ``4821``. A model's answer
+  is the *first* number in its output, which must equal the reference exactly (thousands commas
+  aside): a model that lists several codes gets no credit from a later one.
 
 Numbers are returned as canonical decimal strings: ``"1234"``, ``"12.5"``, ``"-3"``, ``"0.75"``.
 """
@@ -21,7 +24,7 @@ from fractions import Fraction
 
 from .errors import FlashmemError
 
-KINDS = ("number", "math")
+KINDS = ("number", "math", "exact")
 
 # Relative tolerance with an absolute floor of the same size: 1e-6 near zero, and large
 # answers (populations, money) are not failed for float rounding in the last digits.
@@ -40,6 +43,8 @@ _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\
 _LATEX_FRAC_SHORT_RE = re.compile(r"\\[dt]?frac(\d)(\d)")
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _ANSWER_IS_RE = re.compile(r"(?i)the (?:final )?answer is\b:?([^\n]*)")
+# A number as written (digits, thousands commas, a decimal part); "exact" compares its digits.
+_FIRST_NUMBER_RE = re.compile(r"(?<![\d.,])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
 
 
 def _prepare_text(text: str) -> str:
@@ -154,6 +159,12 @@ def extract_number(text: str | None) -> str | None:
             return _canonical(found[0])
     found = _numbers(text)
     return _canonical(found[-1]) if found else None
+
+
+def extract_first_number(text: str | None) -> str | None:
+    """The first number in ``text`` as written, thousands commas removed ("4,821." -> "4821")."""
+    match = _FIRST_NUMBER_RE.search(text or "")
+    return match.group(0).replace(",", "") if match else None
 
 
 # --------------------------------------------------------------------------- MATH normalisation
@@ -278,6 +289,9 @@ def is_correct(prediction_text: str | None, reference_final: str, kind: str) -> 
     _check_kind(kind)
     if not prediction_text:
         return False
+    if kind == "exact":
+        predicted = extract_first_number(prediction_text)
+        return predicted is not None and predicted == str(reference_final).strip()
     if kind == "number":
         predicted = extract_number(prediction_text)
         reference = _parse_number(str(reference_final))
@@ -301,6 +315,7 @@ def is_correct(prediction_text: str | None, reference_final: str, kind: str) -> 
 def reference_final(answer_field: object, kind: str) -> str:
     """Canonical final answer from a dataset's answer field.
 
+    ``exact``: the first number of the field as written (``"The code is 4821."`` -> ``"4821"``).
     ``number``: the number after ``####`` (else boxed, else last number) of a GSM8K solution,
     or a bare number such as MAWPS's ``43.0`` -> ``"43"``. ``math``: the boxed content if any,
     else the whole field, through :func:`normalize_math`. Raises FlashmemError when empty.
@@ -309,6 +324,11 @@ def reference_final(answer_field: object, kind: str) -> str:
     if isinstance(answer_field, bool) or answer_field is None:
         raise FlashmemError(f"reference answer must be text or a number, got {answer_field!r}")
     text = repr(answer_field) if isinstance(answer_field, float) else str(answer_field)
+    if kind == "exact":
+        found = extract_first_number(text)
+        if found is None:
+            raise FlashmemError(f"no number found in reference answer {text[-80:]!r}")
+        return found
     if kind == "number":
         found = extract_number(text)
         if found is None:

@@ -19,12 +19,13 @@ import json
 import os
 import random
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .answers import reference_final
 from .errors import FlashmemError
+from .examples import DataReport, Example
+from .recall import is_recall_spec, load_recall
 
 ENV_DATA_DIR = "FLASHMEM_DATA_DIR"
 ON_ERROR = ("stop", "skip")
@@ -32,36 +33,6 @@ _CALC_ANNOTATION_RE = re.compile(r"<<[^<>]*=[^<>]*>>")
 _QUESTION_FIELDS = ("question", "problem", "input")
 _ANSWER_FIELDS = ("answer", "solution", "target")
 _BARE_NUMBER_RE = re.compile(r"\s*-?\$?[\d,]*\.?\d+\s*")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One problem. ``answer`` is the training target text, ``final`` the scoring answer."""
-
-    question: str
-    answer: str
-    final: str
-    kind: str  # "number" or "math"
-    source: str
-    line: int  # 1-based line in the source file (row index + 1 for hub data)
-
-
-@dataclass
-class DataReport:
-    """What loading read and what it dropped; print :meth:`summary` whenever ``skipped``."""
-
-    path: str
-    rows: int = 0
-    kept: int = 0
-    skipped: list[tuple[int, str]] = field(default_factory=list)
-
-    def summary(self, max_listed: int = 5) -> str:
-        text = f"{self.path}: {self.rows} rows, {self.kept} kept, {len(self.skipped)} skipped"
-        if self.skipped:
-            listed = "; ".join(f"line {ln}: {why}" for ln, why in self.skipped[:max_listed])
-            more = len(self.skipped) - max_listed
-            text += f" ({listed}{f'; and {more} more' if more > 0 else ''})"
-        return text
 
 
 class _RowError(Exception):
@@ -267,7 +238,7 @@ def load_examples(
     limit: int | None = None,
     on_error: str = "stop",
 ) -> tuple[list[Example], DataReport]:
-    """Load a named set (gsm8k, math500, mawps), a .jsonl file, or a hub dataset id.
+    """Load a named set (gsm8k, math500, mawps), generated recall, a .jsonl file, or a hub id.
 
     Returns the examples (at most ``limit``) and a report of rows read and skipped. Raises
     FlashmemError for missing data, bad rows (with ``on_error="stop"``) and empty results.
@@ -277,6 +248,8 @@ def load_examples(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise FlashmemError(f"limit must be a positive integer or None, got {limit!r}")
     key = name_or_path.strip().lower()
+    if is_recall_spec(key):  # generated, see flashmem.recall
+        return load_recall(key, split, limit)
     if key in _NAMED:
         return _load_named(key, split, data_dir, on_error, limit)
     path = Path(name_or_path).expanduser()
@@ -312,50 +285,3 @@ def split_validation(
     train = [ex for i, ex in enumerate(examples) if i not in held]
     val = [ex for i, ex in enumerate(examples) if i in held]
     return train, val
-
-
-# ------------------------------------------------------------------ synthetic fallback set
-
-_PEOPLE = (("Tom", "he"), ("Ana", "she"), ("Raj", "he"), ("Mia", "she"), ("Leo", "he"))
-_ITEMS = ("apples", "pencils", "stickers", "marbles", "cookies")
-
-
-def _synthetic_one(rng: random.Random) -> tuple[str, list[str], int]:
-    """One word problem: (question, worked steps, result); results are never negative."""
-    (name, he), item = rng.choice(_PEOPLE), rng.choice(_ITEMS)
-    a, b, c, cap = rng.randint(5, 40), rng.randint(2, 9), rng.randint(2, 9), he.title()
-    template = rng.randrange(4)
-    if template == 0:
-        t = a + b * c
-        q = f"{name} has {a} {item} and buys {b} bags of {c} {item}. How many {item} does {he} have?"
-        return q, [f"{cap} buys {b} * {c} = {b * c} {item}.", f"So {he} has {a} + {b * c} = {t}."], t
-    if template == 1:
-        gave = rng.randint(1, a - 1)
-        left, t = a - gave, a - gave + b
-        q = f"{name} had {a} {item}. {cap} gave away {gave}, then found {b} more. How many now?"
-        return q, [f"{cap} kept {a} - {gave} = {left} {item}.", f"Then {he} has {left} + {b} = {t}."], t
-    if template == 2:
-        cost, t = b * c, 100 - b * c
-        q = f"{item.title()} cost ${b} each. {name} buys {c} with a $100 bill. What is the change?"
-        return q, [f"They cost {c} * {b} = ${cost}.", f"The change is 100 - {cost} = ${t}."], t
-    rate, hours = a % 7 + 3, b + c
-    earned = rate * hours
-    spent = rng.randint(0, earned)
-    q = (f"{name} earns ${rate} an hour and works {b} hours on Monday and {c} on Tuesday, "
-         f"then spends ${spent}. How many dollars are left?")
-    steps = [f"{cap} works {b} + {c} = {hours} hours.", f"{cap} earns {hours} * {rate} = ${earned}.",
-             f"{cap} has {earned} - {spent} = ${earned - spent} left."]
-    return q, steps, earned - spent
-
-
-def synthetic_arithmetic(n: int, seed: int) -> list[Example]:
-    """``n`` generated two- or three-step word problems in GSM8K format, fixed by ``seed``."""
-    if n < 1:
-        raise FlashmemError(f"synthetic set size must be at least 1, got {n}")
-    rng = random.Random(seed)
-    examples = []
-    for i in range(n):
-        question, steps, result = _synthetic_one(rng)
-        answer = "\n".join(steps) + f"\n#### {result}"
-        examples.append(Example(question, answer, str(result), "number", "synthetic", i + 1))
-    return examples
