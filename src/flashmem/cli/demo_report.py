@@ -34,8 +34,9 @@ def training_table(out: Path) -> str:
 
 def write_report(out: Path, evals: dict[str, list[str]], notes: list[str], state: dict, cfg: dict) -> Path:
     out = Path(out)
-    parts = ["# flashmem demo report", "",
-             f"Model `{cfg['model']}`; data used: {state.get('data_used', cfg['data'])}. "
+    data = state.get("data_used", cfg["data"])
+    parts = [f"# flashmem demo report: `{cfg['model']}` on {data}", "",
+             f"Model `{cfg['model']}`; data used: {data}. "
              f"Written {time.strftime('%Y-%m-%d %H:%M')} from the JSON files in this folder.", ""]
     parts += [f"> **Note:** {n}" for n in notes]
     m = machine_info()
