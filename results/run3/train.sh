@@ -4,7 +4,8 @@
 # triggered insertions (budget 2; FlashMem and the soft prompt: the monitor with tau from the untrained
 # system, gap 24; MemGen: its delimiter rule, budget 2 instead of its default 3, so both get the same
 # insertion budget). The soft prompt gets its own learning rate, swept over two decades.
-#   bash results/run3/train.sh flashmem|memgen|softprompt-sweep
+# flashmem-norm: the same FlashMem with the length-normalised entropy (H / log n) as the monitor's signal.
+#   bash results/run3/train.sh flashmem|flashmem-norm|memgen|softprompt-sweep
 set -euo pipefail
 export OMP_NUM_THREADS=1
 OUT=results/run3/memories
@@ -15,6 +16,8 @@ resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
 case "$1" in
   flashmem)
     done_ $OUT/flashmem || flashmem train "${COMMON[@]}" --method flashmem --lr 3e-4 --out $OUT/flashmem $(resume $OUT/flashmem) ;;
+  flashmem-norm)
+    done_ $OUT/flashmem_norm || flashmem train "${COMMON[@]}" --method flashmem --lr 3e-4 --entropy normalized --out $OUT/flashmem_norm $(resume $OUT/flashmem_norm) ;;
   memgen)
     done_ $OUT/memgen || flashmem train "${COMMON[@]}" --method memgen --lr 3e-4 --budget 2 --out $OUT/memgen $(resume $OUT/memgen) ;;
   softprompt-sweep)

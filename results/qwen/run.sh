@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 12: Qwen2.5-Coder-0.5B-Instruct (`qwen2.5-coder-0.5b`, fp32, CPU, one thread per job).
+# Every stage resumes where it stopped (training checkpoints, eval records); run the same line again.
+#   bash results/qwen/run.sh STAGE       (stages below, in the order they were run)
+set -euo pipefail
+export OMP_NUM_THREADS=1
+R=results/qwen
+MODEL=(--model qwen2.5-coder-0.5b --threads 1 --prompt boxed)
+# Training: GSM8K train, first 864 rows (800 to learn from, 64 held out), the model's own greedy correct
+# solutions as targets (collected once, shared by every method), 100 steps of 4, K=8, prompt-end memory +
+# at most 2 triggered insertions (FlashMem and the soft prompt: monitor, gap 24; MemGen: delimiters, budget 2).
+TRAIN=(--data gsm8k --limit 864 --targets self --self-samples 1 --self-temperature 0 --self-max-new-tokens 512
+       --self-targets-file $R/self_targets.jsonl --max-length 768 --on-bad-data skip --steps 100 --batch-size 4
+       --eval-every 25 --save-every 5 --seed 0)
+done_() { python3 -c "import json,sys; s=json.load(open('$1/checkpoint/state.json')); sys.exit(s['step'] < s['total_steps'])" 2>/dev/null; }
+resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
+train() {  # train NAME METHOD LR [extra flags]
+  local d=$R/memories/$1; shift
+  done_ "$d" || flashmem train "${MODEL[@]}" "${TRAIN[@]}" --method "$1" --lr "$2" --out "$d" "${@:3}" $(resume "$d")
+}
+EVAL=(--data gsm8k --split test --max-new-tokens 512 --batch-size 16 --no-nll)
+case "$1" in
+  vanilla)   flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method vanilla --out $R/eval/gsm8k_vanilla.json ;;
+  flashmem)  train flashmem flashmem 3e-4 ;;
+  softprompt-sweep) for lr in 1e-3 3e-3 1e-2 3e-2 1e-1; do train softprompt_lr$lr softprompt $lr; done ;;
+  memgen)    train memgen memgen 3e-4 --budget 2 ;;
+  eval-flashmem) flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --out $R/eval/gsm8k_flashmem.json ;;
+  *) echo "unknown stage $1"; exit 2 ;;
+esac

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issue 11, part 3: a task that needs the context. SmolLM2-135M on the generated recall set: a document
+# of filler prose holding 16 key-value facts, a question about one of them; exact match of the 4-digit value.
+# Memories are trained on recall:context=1024,facts=16 (train split, 64 held out) and evaluated on 500 test
+# items at 1024 and 2048 tokens of context. The answers are one short sentence, shorter than the 24-token
+# gap, so every memory here is the prompt-end one: what it reads from the document is all it can add.
+# Resumable: rerun the same line.
+#   bash results/recall/run.sh train-flashmem|train-memgen|sweep-softprompt|train-softprompt|eval-METHOD
+set -euo pipefail
+export OMP_NUM_THREADS=1
+R=results/recall
+DATA=recall:context=1024,facts=16
+TRAIN=(--threads 1 --data $DATA --batch-size 4 --eval-every 25 --save-every 10 --seed 0 --max-length 1200)
+done_() { python3 -c "import json,sys; s=json.load(open('$1/checkpoint/state.json')); sys.exit(s['step'] < s['total_steps'])" 2>/dev/null; }
+resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
+train() {  # train FOLDER METHOD LR STEPS [extra]
+  local d=$R/memories/$1
+  done_ "$d" || flashmem train "${TRAIN[@]}" --method "$2" --lr "$3" --steps "$4" --out "$d" "${@:5}" $(resume "$d")
+}
+best_softprompt() {  # the sweep's learning rate with the lowest last held-out loss
+  python3 - "$R/memories" <<'PY'
+import glob, json, sys
+runs = {}
+for log in glob.glob(f"{sys.argv[1]}/sweep_softprompt_lr*/log.jsonl"):
+    vals = [r["val_loss"] for r in map(json.loads, open(log)) if r.get("val_loss") is not None]
+    if vals:
+        runs[log.rsplit("/", 2)[1].split("_lr")[1]] = vals[-1]
+print(min(runs, key=runs.get))
+PY
+}
+case "$1" in
+  train-flashmem) train flashmem flashmem 3e-4 100 ;;
+  train-memgen) train memgen memgen 3e-4 100 --budget 2 ;;
+  sweep-softprompt) for lr in 1e-3 3e-3 1e-2 3e-2 1e-1; do train sweep_softprompt_lr$lr softprompt $lr 30 --eval-every 30; done ;;
+  train-softprompt) train softprompt softprompt "$(best_softprompt)" 100 ;;
+  eval-*)  # eval-vanilla, eval-flashmem, eval-softprompt, eval-memgen, eval-ablations (FlashMem's two)
+    what=${1#eval-}
+    for ctx in 1024 2048; do
+      EVAL=(--threads 1 --data recall:context=$ctx,facts=16 --split test --limit 500 --batch-size 8 --max-new-tokens 24 --no-nll)
+      E=$R/eval/c$ctx
+      case $what in
+        vanilla) flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla.json ;;
+        ablations) for a in foreign-context mean-latents; do
+            flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --ablate $a --out $E/flashmem_$a.json
+          done ;;
+        *) flashmem eval "${EVAL[@]}" --method $what --memory $R/memories/$what --out $E/$what.json ;;
+      esac
+    done ;;
+  *) echo "unknown stage $1"; exit 2 ;;
+esac

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run 3 (issue 11) evaluations on the first 200 GSM8K test questions with the memories of train.sh.
+# NLL of the reference answers (--nll-only) for every method and ablation; free decoding for FlashMem
+# (raw and length-normalised entropy) to see where the monitor fires. Resumable: rerun the same line.
+#   bash results/run3/eval.sh nll|decode
+set -euo pipefail
+export OMP_NUM_THREADS=1
+M=results/run3/memories
+E=results/run3/eval
+COMMON=(--threads 1 --data gsm8k --split test --limit 200)
+best_softprompt() {  # the learning rate whose run ended with the lowest held-out loss (training data)
+  python3 - "$M" <<'PY'
+import glob, json, sys
+runs = {}
+for log in glob.glob(f"{sys.argv[1]}/softprompt_lr*/log.jsonl"):
+    vals = [r["val_loss"] for r in map(json.loads, open(log)) if r.get("val_loss") is not None]
+    if vals:
+        runs[log.rsplit("/", 2)[1]] = vals[-1]
+print(min(runs, key=runs.get))
+PY
+}
+case "$1" in
+  nll)
+    SP=$(best_softprompt)
+    flashmem eval "${COMMON[@]}" --nll-only --method vanilla --out $E/nll_vanilla.json
+    for m in flashmem flashmem_norm memgen; do
+      method=${m%_norm}
+      flashmem eval "${COMMON[@]}" --nll-only --method $method --memory $M/$m --out $E/nll_$m.json
+    done
+    flashmem eval "${COMMON[@]}" --nll-only --method softprompt --memory $M/$SP --out $E/nll_softprompt.json
+    flashmem eval "${COMMON[@]}" --nll-only --method flashmem --memory $M/flashmem --prompt-memory-only --out $E/nll_flashmem_promptonly.json
+    for a in foreign-context mean-latents; do
+      for m in flashmem memgen; do
+        flashmem eval "${COMMON[@]}" --nll-only --method $m --memory $M/$m --ablate $a --out $E/nll_${m}_$a.json
+      done
+    done ;;
+  decode)
+    flashmem eval "${COMMON[@]}" --method vanilla --no-nll --out $E/gsm8k_vanilla.json
+    for m in flashmem flashmem_norm; do
+      flashmem eval "${COMMON[@]}" --method flashmem --memory $M/$m --no-nll --out $E/gsm8k_$m.json
+    done ;;
+esac
