@@ -131,6 +131,20 @@ def test_compare_runs_on_synthetic_records(tmp_path):
         compare_runs([a, c])
 
 
+def test_compare_command_labels_variants_and_writes_json(tmp_path, capsys):
+    a = synthetic_run(tmp_path / "a.records.jsonl", "vanilla", [1, 0, 0, 1], [1.5, 1.4, 1.6, 1.5])
+    b = synthetic_run(tmp_path / "b.records.jsonl", "flashmem", [1, 1, 0, 1], [1.2, 1.1, 1.4, 1.3])
+    header = json.loads(b.read_text().splitlines()[0])  # mark b as an ablation, as evaluate records it
+    header["settings"]["config"] = {"ablate": "foreign-context"}
+    b.write_text("\n".join([json.dumps(header), *b.read_text().splitlines()[1:]]) + "\n")
+    out = tmp_path / "cmp.json"
+    assert main(["compare", str(a), str(b), "--n-boot", "500", "--out", str(out)]) == 0
+    assert "flashmem, ablate foreign-context - vanilla" in capsys.readouterr().out
+    pair = json.loads(out.read_text())["pairs"][0]
+    assert pair["n"] == 4 and pair["accuracy_diff"]["mean_diff"] == pytest.approx(0.25)
+    assert main(["compare", str(a)]) == 2  # one run is not a comparison
+
+
 def test_records_refuse_garbage_in_the_middle(tmp_path):
     path = tmp_path / "r.records.jsonl"
     RecordFile(path, {"x": 1}).append([{"id": 1}, {"id": 2}])

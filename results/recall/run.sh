@@ -33,18 +33,18 @@ case "$1" in
   train-memgen) train memgen memgen 3e-4 100 --budget 2 ;;
   sweep-softprompt) for lr in 1e-3 3e-3 1e-2 3e-2 1e-1; do train sweep_softprompt_lr$lr softprompt $lr 30 --eval-every 30; done ;;
   train-softprompt) train softprompt softprompt "$(best_softprompt)" 100 ;;
-  eval-*)  # eval-vanilla, eval-flashmem, eval-softprompt, eval-memgen, eval-ablations (FlashMem's two)
-    what=${1#eval-}
-    for ctx in 1024 2048; do
-      EVAL=(--threads 1 --data recall:context=$ctx,facts=16 --split test --limit 500 --batch-size 8 --max-new-tokens 24 --no-nll)
-      E=$R/eval/c$ctx
-      case $what in
-        vanilla) flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla.json ;;
-        ablations) for a in foreign-context mean-latents; do
-            flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --ablate $a --out $E/flashmem_$a.json
-          done ;;
-        *) flashmem eval "${EVAL[@]}" --method $what --memory $R/memories/$what --out $E/$what.json ;;
-      esac
-    done ;;
+  eval-*)  # eval-vanilla, eval-flashmem, eval-softprompt, eval-memgen, eval-foreign-context, eval-mean-latents
+    # (the last two: FlashMem's context ablations). CTX (default 1024) and LIMIT (default 500) from the
+    # environment; records resume and a larger LIMIT extends the same run.
+    what=${1#eval-}; ctx=${CTX:-1024}
+    EVAL=(--threads 1 --data recall:context=$ctx,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8
+          --max-new-tokens 24 --no-nll)
+    E=$R/eval/c$ctx
+    case $what in
+      vanilla) flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla.json ;;
+      foreign-context|mean-latents)
+        flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --ablate $what --out $E/flashmem_$what.json ;;
+      *) flashmem eval "${EVAL[@]}" --method $what --memory $R/memories/$what --out $E/$what.json ;;
+    esac ;;
   *) echo "unknown stage $1"; exit 2 ;;
 esac

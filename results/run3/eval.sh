@@ -2,7 +2,7 @@
 # Run 3 (issue 11) evaluations on the first 200 GSM8K test questions with the memories of train.sh.
 # NLL of the reference answers (--nll-only) for every method and ablation; free decoding for FlashMem
 # (raw and length-normalised entropy) to see where the monitor fires. Resumable: rerun the same line.
-#   bash results/run3/eval.sh nll|decode
+#   bash results/run3/eval.sh nll-flashmem|nll-memgen|nll-softprompt|nll-norm|decode
 set -euo pipefail
 export OMP_NUM_THREADS=1
 M=results/run3/memories
@@ -20,20 +20,22 @@ print(min(runs, key=runs.get))
 PY
 }
 case "$1" in
-  nll)
-    SP=$(best_softprompt)
+  nll-flashmem)  # vanilla, FlashMem, its prompt-end-only policy and both context ablations
     flashmem eval "${COMMON[@]}" --nll-only --method vanilla --out $E/nll_vanilla.json
-    for m in flashmem flashmem_norm memgen; do
-      method=${m%_norm}
-      flashmem eval "${COMMON[@]}" --nll-only --method $method --memory $M/$m --out $E/nll_$m.json
-    done
-    flashmem eval "${COMMON[@]}" --nll-only --method softprompt --memory $M/$SP --out $E/nll_softprompt.json
+    flashmem eval "${COMMON[@]}" --nll-only --method flashmem --memory $M/flashmem --out $E/nll_flashmem.json
     flashmem eval "${COMMON[@]}" --nll-only --method flashmem --memory $M/flashmem --prompt-memory-only --out $E/nll_flashmem_promptonly.json
     for a in foreign-context mean-latents; do
-      for m in flashmem memgen; do
-        flashmem eval "${COMMON[@]}" --nll-only --method $m --memory $M/$m --ablate $a --out $E/nll_${m}_$a.json
-      done
+      flashmem eval "${COMMON[@]}" --nll-only --method flashmem --memory $M/flashmem --ablate $a --out $E/nll_flashmem_$a.json
     done ;;
+  nll-memgen)
+    flashmem eval "${COMMON[@]}" --nll-only --method memgen --memory $M/memgen --out $E/nll_memgen.json
+    for a in foreign-context mean-latents; do
+      flashmem eval "${COMMON[@]}" --nll-only --method memgen --memory $M/memgen --ablate $a --out $E/nll_memgen_$a.json
+    done ;;
+  nll-softprompt)
+    flashmem eval "${COMMON[@]}" --nll-only --method softprompt --memory $M/$(best_softprompt) --out $E/nll_softprompt.json ;;
+  nll-norm)
+    flashmem eval "${COMMON[@]}" --nll-only --method flashmem --memory $M/flashmem_norm --out $E/nll_flashmem_norm.json ;;
   decode)
     flashmem eval "${COMMON[@]}" --method vanilla --no-nll --out $E/gsm8k_vanilla.json
     for m in flashmem flashmem_norm; do

@@ -206,10 +206,18 @@ def _labels(runs: list[dict]) -> list[str]:
             label += f" ({Path(str(memory)).name})"
         elif memory == "untrained":
             label += " (untrained)"
-        labels.append(label)
+        labels.append(label + _variant(s.get("config", {})))
     if len(set(labels)) < len(labels):
         labels = [f"{label} [{Path(run['path']).stem}]" for label, run in zip(labels, runs)]
     return labels
+
+
+def _variant(config: dict) -> str:
+    """What sets a run apart from the method's plain use: an ablation or the prompt-end-only policy."""
+    parts = [f"ablate {config['ablate']}"] if config.get("ablate", "none") != "none" else []
+    if config.get("prompt_memory_only"):
+        parts.append("prompt-end only")
+    return f", {', '.join(parts)}" if parts else ""
 
 
 def _per_token(record: dict) -> float | None:

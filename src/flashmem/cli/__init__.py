@@ -15,7 +15,8 @@ from ..evaluate import EvalConfig
 from ..runtime import set_threads
 from ..train import TrainConfig
 from ..version import __version__
-from .commands import GenerateCommand, run_bench, run_calibrate, run_eval, run_generate, run_train
+from .commands import CompareCommand, GenerateCommand, run_bench, run_calibrate, run_compare, run_eval, run_generate, \
+    run_train
 from .demo import DemoConfig, run_demo
 from .options import add_arguments, from_args
 
@@ -41,6 +42,9 @@ COMMANDS = {
                     "Evaluate vanilla decoding or a latent memory on a question set. Per-question records go to "
                     "OUT.records.jsonl (rerun the same command to resume), the summary to OUT and a markdown table "
                     "to OUT.md."),
+    "compare": Command(CompareCommand, run_compare, "paired comparison of eval runs on their shared questions",
+                       "Accuracy and answer-NLL differences between eval runs on the questions they all answered, "
+                       "with paired bootstrap intervals; works on an interrupted run's records."),
     "bench": Command(BenchConfig, run_bench, "efficiency table: vanilla vs FlashMem vs MemGen",
                      "Decoding speed, per-step latency and peak memory of vanilla decoding, FlashMem and MemGen at "
                      "several context lengths, batch sizes and schedules, on this machine."),

@@ -1,6 +1,7 @@
 """What each `flashmem` command does with its typed config: call the library job, print the result."""
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import MISSING, dataclass
 
@@ -10,7 +11,8 @@ from ..calibrate import CalibrateConfig, calibrate
 from ..config import GenerationConfig, ModelOptions, option
 from ..errors import FlashmemError
 from ..evaluate import EvalConfig, evaluate
-from ..report import bench_markdown
+from ..files import atomic_write_text
+from ..report import bench_markdown, compare_runs, comparison_markdown
 from ..trace import plot_trace, trace_record, write_trace
 from ..train import TrainConfig, train
 
@@ -56,6 +58,29 @@ def run_generate(cfg: GenerateCommand) -> int:
     if cfg.plot:
         plot_trace(cfg.plot, answer.trace)
         print(f"plot: {cfg.plot}", file=sys.stderr)
+    return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareCommand:
+    """`flashmem compare`: paired differences between finished (or interrupted) eval runs."""
+
+    runs: list[str] = option(MISSING, "eval summaries (OUT.json) or their records (OUT.records.jsonl); pairs are "
+                             "later minus earlier", positional=True)
+    out: str | None = option(None, "also write the comparison as JSON", metavar="FILE.json")
+    n_boot: int = option(10000, "bootstrap resamples")
+
+    def __post_init__(self) -> None:
+        if len(self.runs) < 2:
+            raise FlashmemError("compare needs at least two runs")
+
+
+def run_compare(cfg: CompareCommand) -> int:
+    comparison = compare_runs(cfg.runs, n_boot=cfg.n_boot)
+    print(comparison_markdown(comparison))
+    if cfg.out:
+        atomic_write_text(cfg.out, json.dumps(comparison, indent=2, default=str) + "\n")
+        print(f"comparison: {cfg.out}", file=sys.stderr)
     return 0
 
 
