@@ -40,7 +40,7 @@ from ..config import GenerationConfig
 from ..errors import FlashmemError
 from ..generation import generate
 from ..loader import load_backbone
-from ..registry import build_memory, default_config, load_memory
+from ..registry import build_memory, default_config
 from ..scoring import find_insertions
 from ..stopping import StopStrings
 
@@ -53,14 +53,13 @@ OFF = (None, "", "none", "off")
 def load_flashmem(pretrained: str, memory: str | None, dtype: str, device: str, seed: int = 0) -> FlashMem:
     """The backbone named by `pretrained` with: no memory (memory none), a trained memory folder, or
     `untrained` (a seeded, untrained consolidator: a plumbing check)."""
+    if memory not in OFF and memory != "untrained":
+        return FlashMem.load(pretrained, memory=memory, dtype=dtype, device=device)
     backbone = load_backbone(pretrained, dtype=dtype, device=device)
     if memory in OFF:
         return FlashMem(backbone, None, trained=False)
-    if memory == "untrained":
-        torch.manual_seed(seed)
-        return FlashMem(backbone, build_memory(backbone, default_config("flashmem")), trained=False)
-    loaded = load_memory(memory, backbone)
-    return FlashMem(backbone, loaded, trained=True, config=loaded.config)
+    torch.manual_seed(seed)
+    return FlashMem(backbone, build_memory(backbone, default_config("flashmem")), trained=False)
 
 
 def with_policy(fm: FlashMem, overrides: dict[str, Any]) -> FlashMem:
