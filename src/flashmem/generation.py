@@ -43,7 +43,7 @@ class RowTrace:
 
 @dataclass
 class GenerationResult:
-    tokens: list[list[int]]  # generated ids per row, up to and including EOS
+    tokens: list[list[int]]  # generated ids per row, up to and including EOS or the end of a stop string
     traces: list[RowTrace]
     logprobs: torch.Tensor | None = None  # (B, N) log-probability of each forced token
     step_logits: list[torch.Tensor] | None = None  # logits used for each step, when asked for
@@ -63,6 +63,7 @@ class _Log:
     step_logits: list[torch.Tensor] = field(default_factory=list)
     latents: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     fired: list[tuple[int, list[int]]] = field(default_factory=list)  # (step, original rows that fired)
+    stopped: dict[int, int] = field(default_factory=dict)  # original row -> step a stop rule ended it at
 
 
 def choose_token(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator | None) -> torch.Tensor:
@@ -132,7 +133,7 @@ def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, 
         fire = trigger.fire_rows(entropy, token, step, ~finished) if trigger.kind else None
         done, rows = _read_back(finished, fire)  # the step's one host round trip
         if stop is not None:
-            finished, done, rows = _stop_rows(stop, token, finished, done, rows, log.origin)
+            finished, done, rows = _stop_rows(stop, token, finished, done, rows, log, step)
         if all(done):
             break  # this step's forward was not needed; like a break before it, it leaves no trace
         if entropy is not None:
@@ -147,11 +148,12 @@ def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, 
 
 
 def _stop_rows(stop: StopRule, token: torch.Tensor, finished: torch.Tensor, done: list[bool], rows: list[bool],
-               origin: list[int]) -> tuple[torch.Tensor, list[bool], list[bool]]:
+               log: _Log, step: int) -> tuple[torch.Tensor, list[bool], list[bool]]:
     """Rows the stop rule ends finish as at EOS (and make no memory after their last token)."""
-    hits = stop.update(origin, token.tolist())
+    hits = stop.update(log.origin, token.tolist())  # a second read-back, only when a stop rule is given
     if not any(hits):
         return finished, done, rows
+    log.stopped.update({log.origin[r]: step for r, hit in enumerate(hits) if hit})
     finished = finished | torch.tensor(hits, device=finished.device)
     return finished, [d or h for d, h in zip(done, hits)], [r and not h for r, h in zip(rows, hits)]
 
@@ -220,7 +222,7 @@ def _result(log: _Log, b: int, threshold: float | None, prompt_memory: bool, eos
         for r in rows:
             traces[r].consolidations.append(step)
     return GenerationResult(
-        tokens=[_trim(row, eos) for row in tokens], traces=traces,
+        tokens=[_trim(row, eos)[: log.stopped.get(r, len(row)) + 1] for r, row in enumerate(tokens)], traces=traces,
         logprobs=torch.stack(log.logprobs, 1) if log.logprobs else None,
         step_logits=log.step_logits if log.keep else None, latents=log.latents if log.keep else None,
     )
