@@ -216,3 +216,23 @@ def test_missing_extra_is_one_clear_line():
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and errors == ["flashmem lm-eval: error: lm-eval is not installed: "
                                               "pip install 'flashmem[lm-eval]'"], done.stderr
+
+
+def test_local_mawps_task_renders_numeric_targets(harness, tmp_path, monkeypatch):
+    """mawps_local on a local copy: float targets are written as %g (43.0 -> "43"), and the run completes."""
+    from flashmem.cli import main
+
+    data = tmp_path / "shared" / "data" / "mawps"
+    data.mkdir(parents=True)
+    write_jsonl(data / "test.jsonl", [{"input": "Joan had 70 shells and gave some away. She has 27. How many?",
+                                       "target": 43.0, "type": "singleeq", "idx": 0},
+                                      {"input": "Half of one?", "target": 0.5, "type": "singleeq", "idx": 1}])
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    model = make_tiny_model_dir(tmp_path / "model")
+    out = tmp_path / "out"
+    assert main(["lm-eval", "--model_args", f"pretrained={model},max_new_tokens=4", "--device", "cpu",
+                 "--tasks", "mawps_local", "--output_path", str(out), "--log_samples"]) == 0
+    rows = [json.loads(line) for line in next(out.rglob("samples_mawps_local_*.jsonl")).read_text().splitlines()]
+    assert {r["doc_id"]: r["target"] for r in rows} == {0: "43", 1: "0.5"}
+    assert rows[0]["arguments"]["gen_args_0"]["arg_0"].startswith("Question: Joan had 70")
