@@ -11,6 +11,7 @@ fire, together.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -21,6 +22,12 @@ from .memory import LatentMemory
 from .trigger import Trigger
 
 DEFAULT_SINKS = 4  # the monitor's sinks when there is no memory config to read them from
+
+
+class StopRule(Protocol):
+    """Decides which rows finish besides EOS (stopping.StopStrings: the harnesses' stop strings)."""
+
+    def update(self, origin: list[int], tokens: list[int]) -> list[bool]: ...
 
 
 @dataclass
@@ -36,7 +43,7 @@ class RowTrace:
 
 @dataclass
 class GenerationResult:
-    tokens: list[list[int]]  # generated ids per row, up to and including EOS
+    tokens: list[list[int]]  # generated ids per row, up to and including EOS or the end of a stop string
     traces: list[RowTrace]
     logprobs: torch.Tensor | None = None  # (B, N) log-probability of each forced token
     step_logits: list[torch.Tensor] | None = None  # logits used for each step, when asked for
@@ -56,6 +63,7 @@ class _Log:
     step_logits: list[torch.Tensor] = field(default_factory=list)
     latents: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     fired: list[tuple[int, list[int]]] = field(default_factory=list)  # (step, original rows that fired)
+    stopped: dict[int, int] = field(default_factory=dict)  # original row -> step a stop rule ended it at
 
 
 def choose_token(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator | None) -> torch.Tensor:
@@ -82,13 +90,13 @@ def active_policy(memory: LatentMemory | None, gen: GenerationConfig, policy: Me
 def generate(
     bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, memory: LatentMemory | None = None,
     gen: GenerationConfig | None = None, forced: torch.Tensor | None = None, monitor: bool = True,
-    keep_logits: bool = False, policy: MemoryConfig | None = None,
+    keep_logits: bool = False, policy: MemoryConfig | None = None, stop: StopRule | None = None,
 ) -> GenerationResult:
     """Generate for left-padded prompts ids/mask (B, T).
 
     memory None or gen.use_memory False: plain decoding. policy: the insertion policy (threshold,
     budget, gap, ...) to run instead of memory.config. monitor False skips the entropy when no
-    trigger needs it (fastest plain path).
+    trigger needs it (fastest plain path). stop: rows it reports finish as at EOS (free decoding only).
     """
     gen = gen or GenerationConfig()
     policy = active_policy(memory, gen, policy)
@@ -103,14 +111,14 @@ def generate(
     if prompt_latents is not None:
         log.latents.append((-1, prompt_latents))
     compact = gen.compact and forced is None and not keep_logits  # the tests' logits need the whole batch
-    _decode(bb, state, memory, policy, trigger, gen, forced, watch, log, compact)
+    _decode(bb, state, memory, policy, trigger, gen, forced, watch, log, compact, stop if forced is None else None)
     threshold = (policy or memory.config).threshold if memory is not None else None
     stops = bb.stop_ids() if forced is None else None
     return _result(log, ids.shape[0], threshold, prompt_latents is not None, stops, bb.pad_id())
 
 
 def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, gen: GenerationConfig,
-            forced: torch.Tensor | None, watch: bool, log: _Log, compact: bool) -> None:
+            forced: torch.Tensor | None, watch: bool, log: _Log, compact: bool, stop: StopRule | None = None) -> None:
     """The decoding loop: pick a token, feed it, let the trigger decide, drop finished rows, until done."""
     rng = torch.Generator(device=state.mask.device).manual_seed(gen.seed) if gen.temperature > 0 else None
     eos = torch.tensor(bb.stop_ids() or [-1], device=state.mask.device)
@@ -124,6 +132,8 @@ def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, 
         entropy = decode_step(bb, state, token, watch)
         fire = trigger.fire_rows(entropy, token, step, ~finished) if trigger.kind else None
         done, rows = _read_back(finished, fire)  # the step's one host round trip
+        if stop is not None:
+            finished, done, rows = _stop_rows(stop, token, finished, done, rows, log, step)
         if all(done):
             break  # this step's forward was not needed; like a break before it, it leaves no trace
         if entropy is not None:
@@ -135,6 +145,17 @@ def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, 
                 log.latents.append((step, latents))
         if compact and sum(done) >= max(1, len(done) // 4):
             finished = _drop_finished(bb, state, trigger, finished, done, log)
+
+
+def _stop_rows(stop: StopRule, token: torch.Tensor, finished: torch.Tensor, done: list[bool], rows: list[bool],
+               log: _Log, step: int) -> tuple[torch.Tensor, list[bool], list[bool]]:
+    """Rows the stop rule ends finish as at EOS (and make no memory after their last token)."""
+    hits = stop.update(log.origin, token.tolist())  # a second read-back, only when a stop rule is given
+    if not any(hits):
+        return finished, done, rows
+    log.stopped.update({log.origin[r]: step for r, hit in enumerate(hits) if hit})
+    finished = finished | torch.tensor(hits, device=finished.device)
+    return finished, [d or h for d, h in zip(done, hits)], [r and not h for r, h in zip(rows, hits)]
 
 
 def _drop_finished(bb: Backbone, state: DecodeState, trigger: Trigger, finished: torch.Tensor, done: list[bool],
@@ -201,7 +222,7 @@ def _result(log: _Log, b: int, threshold: float | None, prompt_memory: bool, eos
         for r in rows:
             traces[r].consolidations.append(step)
     return GenerationResult(
-        tokens=[_trim(row, eos) for row in tokens], traces=traces,
+        tokens=[_trim(row, eos)[: log.stopped.get(r, len(row)) + 1] for r, row in enumerate(tokens)], traces=traces,
         logprobs=torch.stack(log.logprobs, 1) if log.logprobs else None,
         step_logits=log.step_logits if log.keep else None, latents=log.latents if log.keep else None,
     )

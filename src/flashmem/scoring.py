@@ -28,6 +28,9 @@ class ScoredAnswer:
     n_tokens: int
     insertions: list[int] = field(default_factory=list)  # answer indices after which memory was made
     entropies: list[float] = field(default_factory=list)  # monitor entropy at each answer token seen
+    # answer tokens that were not the argmax of their logits (a device tensor: read it only when needed);
+    # 0 means greedy decoding would have produced the answer (lm-eval's is_greedy)
+    misses: torch.Tensor | int = 0
 
 
 def find_insertions(bb: Backbone, memory: LatentMemory | None, prompt: torch.Tensor, answer: torch.Tensor,
@@ -120,6 +123,7 @@ def _score_chunk(bb, state: DecodeState, answer, pos: int, end: int, trigger: Tr
         cut = end - pos - 1  # a planned insertion after the chunk's last token
     keep = chunk.shape[1] if cut is None else cut + 1
     result.nll = result.nll + torch.nn.functional.cross_entropy(logits[:keep].float(), chunk[0, :keep], reduction="sum")
+    result.misses = result.misses + (logits[:keep].detach().argmax(-1) != chunk[0, :keep]).sum()
     if entropy is not None:
         result.entropies.extend(entropy[:keep].tolist())
     drop_last(bb, state, chunk.shape[1] - keep)

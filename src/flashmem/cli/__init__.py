@@ -1,6 +1,6 @@
 """The `flashmem` command: one subcommand per job, each a typed config (its argparse derived from it)
-and a function. User errors (FlashmemError) print one line and exit 2; Ctrl-C exits 130 after the
-command saved what it had."""
+and a function; `lm-eval` alone hands its arguments to another tool's command line. User errors
+(FlashmemError) print one line and exit 2; Ctrl-C exits 130 after the command saved what it had."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,7 @@ from ..version import __version__
 from .commands import CompareCommand, GenerateCommand, run_bench, run_calibrate, run_compare, run_eval, run_generate, \
     run_train
 from .demo import DemoConfig, run_demo
+from .lm_eval import DESCRIPTION as LM_EVAL_DESCRIPTION, run_lm_eval
 from .options import add_arguments, from_args
 
 
@@ -53,6 +54,11 @@ COMMANDS = {
                     "and measured on held-out questions. Resumable."),
 }
 
+# Commands whose arguments belong to another tool: argv after the name is handed over as it is.
+PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str, str]] = {
+    "lm-eval": (run_lm_eval, "run EleutherAI's lm-evaluation-harness on flashmem (its own options)", LM_EVAL_DESCRIPTION),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -65,10 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(p, command.config)
         p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is far steadier on a "
                        "shared machine)")
+    for name, (_, help_text, description) in PASSTHROUGH.items():  # listed in --help; main() dispatches them
+        sub.add_parser(name, help=help_text, description=description, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in PASSTHROUGH:
+        return _passthrough(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     _quiet_transformers()
     command = COMMANDS[args.command]
@@ -80,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"flashmem {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _passthrough(name: str, argv: list[str]) -> int:
+    _quiet_transformers()
+    try:
+        return PASSTHROUGH[name][0](argv)
+    except FlashmemError as err:
+        print(f"flashmem {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flashmem {name}: interrupted", file=sys.stderr)
         return 130
 
 
