@@ -237,3 +237,21 @@ def test_held_out_loss_is_also_taken_at_the_last_step(assets, tmp_path):
     assert train(model, data, out, "--steps", 3, "--eval-every", 2) == 0
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [0, 2, 3]
+
+
+def test_resume_treats_fields_added_later_as_their_defaults(tmp_path):
+    """A checkpoint written before a config field existed resumes when this run keeps the field's
+    default, and is refused when it changes it."""
+    from dataclasses import asdict, replace
+
+    from flashmem.train import TrainConfig, resume_differences
+
+    cfg = TrainConfig(data="gsm8k", out=str(tmp_path / "m"))
+    saved = asdict(cfg)
+    del saved["self_temperature"], saved["memory"]["entropy"]  # as an older checkpoint has them
+    assert resume_differences(saved, cfg) == []
+    changed = replace(cfg, self_temperature=0.0, lr=1e-3)
+    diffs = resume_differences(saved, changed)
+    assert any(d.startswith("self_temperature:") for d in diffs) and any(d.startswith("lr:") for d in diffs)
+    normalized = replace(cfg, memory=replace(cfg.memory, entropy="normalized"))
+    assert resume_differences(saved, normalized) == ["memory.entropy: 'raw' -> 'normalized'"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import sys
-from dataclasses import MISSING, asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -140,10 +140,24 @@ def make_accelerator():
 
 
 def resume_differences(saved: dict, cfg: TrainConfig) -> list[str]:
-    """Fields of this run's config that differ from the checkpoint's (other than FREE_ON_RESUME)."""
-    now, before = _flat(asdict(cfg)), _flat(saved)
-    keys = sorted((set(now) | set(before)) - FREE_ON_RESUME)
+    """Fields of this run's config that differ from the checkpoint's (other than FREE_ON_RESUME).
+
+    A field the checkpoint lacks was added to flashmem after it was written; that run behaved as the
+    field's default does, so the default stands in for it.
+    """
+    now, before = _flat(asdict(cfg)), {**_field_defaults(), **_flat(saved)}
+    keys = sorted((set(now) | set(_flat(saved))) - FREE_ON_RESUME)
     return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
+
+
+def _field_defaults() -> dict:
+    """Flat defaults of TrainConfig's fields and its memory's (as `memory.NAME`), where a field has one."""
+    out = {}
+    for cls, prefix in ((TrainConfig, ""), (MemoryConfig, "memory.")):
+        for f in fields(cls):
+            if f.default is not MISSING:
+                out[prefix + f.name] = f.default
+    return out
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
