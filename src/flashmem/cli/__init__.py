@@ -81,23 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] and argv[0] in PASSTHROUGH:
         return _passthrough(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
-    _quiet_transformers()
     command = COMMANDS[args.command]
-    try:
+
+    def job() -> int:
         set_threads(args.threads)
         return int(command.run(from_args(command.config, args)) or 0)
-    except FlashmemError as err:
-        print(f"flashmem {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"flashmem {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return _guarded(args.command, job)
 
 
 def _passthrough(name: str, argv: list[str]) -> int:
+    return _guarded(name, lambda: PASSTHROUGH[name][0](argv))
+
+
+def _guarded(name: str, job: Callable[[], int]) -> int:
+    """Run a command: a user error prints one line and exits 2, Ctrl-C exits 130."""
     _quiet_transformers()
     try:
-        return PASSTHROUGH[name][0](argv)
+        return job()
     except FlashmemError as err:
         print(f"flashmem {name}: error: {err}", file=sys.stderr)
         return 2
