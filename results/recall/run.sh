@@ -31,7 +31,8 @@ PY
 case "$1" in
   train-flashmem) train flashmem flashmem 3e-4 100 ;;
   train-memgen) train memgen memgen 3e-4 100 --budget 2 ;;
-  sweep-softprompt) for lr in 1e-3 3e-3 1e-2 3e-2 1e-1; do train sweep_softprompt_lr$lr softprompt $lr 30 --eval-every 30; done ;;
+  sweep-softprompt)  # LRS (default: all five) picks learning rates, so two lanes can split the sweep
+    for lr in ${LRS:-1e-3 3e-3 1e-2 3e-2 1e-1}; do train sweep_softprompt_lr$lr softprompt $lr 30 --eval-every 30; done ;;
   train-softprompt) train softprompt softprompt "$(best_softprompt)" 100 ;;
   eval-*)  # eval-vanilla, eval-flashmem, eval-softprompt, eval-memgen, eval-foreign-context, eval-mean-latents
     # (the last two: FlashMem's context ablations). CTX (default 1024) and LIMIT (default 500) from the

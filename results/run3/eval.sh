@@ -2,23 +2,12 @@
 # Run 3 (issue 11) evaluations on the first 200 GSM8K test questions with the memories of train.sh.
 # NLL of the reference answers (--nll-only) for every method and ablation; free decoding for FlashMem
 # (raw and length-normalised entropy) to see where the monitor fires. Resumable: rerun the same line.
-#   bash results/run3/eval.sh nll-flashmem|nll-memgen|nll-softprompt|nll-norm|decode
+#   bash results/run3/eval.sh nll-flashmem|nll-memgen|nll-memgen-ablations|nll-softprompt|nll-norm|decode
 set -euo pipefail
 export OMP_NUM_THREADS=1
 M=results/run3/memories
 E=results/run3/eval
 COMMON=(--threads 1 --data gsm8k --split test --limit 200)
-best_softprompt() {  # the learning rate whose run ended with the lowest held-out loss (training data)
-  python3 - "$M" <<'PY'
-import glob, json, sys
-runs = {}
-for log in glob.glob(f"{sys.argv[1]}/softprompt_lr*/log.jsonl"):
-    vals = [r["val_loss"] for r in map(json.loads, open(log)) if r.get("val_loss") is not None]
-    if vals:
-        runs[log.rsplit("/", 2)[1]] = vals[-1]
-print(min(runs, key=runs.get))
-PY
-}
 case "$1" in
   nll-flashmem)  # vanilla, FlashMem, its prompt-end-only policy and both context ablations
     flashmem eval "${COMMON[@]}" --nll-only --method vanilla --out $E/nll_vanilla.json
@@ -28,12 +17,13 @@ case "$1" in
       flashmem eval "${COMMON[@]}" --nll-only --method flashmem --memory $M/flashmem --ablate $a --out $E/nll_flashmem_$a.json
     done ;;
   nll-memgen)
-    flashmem eval "${COMMON[@]}" --nll-only --method memgen --memory $M/memgen --out $E/nll_memgen.json
+    flashmem eval "${COMMON[@]}" --nll-only --method memgen --memory $M/memgen --out $E/nll_memgen.json ;;
+  nll-memgen-ablations)
     for a in foreign-context mean-latents; do
       flashmem eval "${COMMON[@]}" --nll-only --method memgen --memory $M/memgen --ablate $a --out $E/nll_memgen_$a.json
     done ;;
   nll-softprompt)
-    flashmem eval "${COMMON[@]}" --nll-only --method softprompt --memory $M/$(best_softprompt) --out $E/nll_softprompt.json ;;
+    flashmem eval "${COMMON[@]}" --nll-only --method softprompt --memory $M/softprompt --out $E/nll_softprompt.json ;;
   nll-norm)
     flashmem eval "${COMMON[@]}" --nll-only --method flashmem --memory $M/flashmem_norm --out $E/nll_flashmem_norm.json ;;
   decode)
