@@ -17,23 +17,12 @@ train() {  # train FOLDER METHOD LR STEPS [extra]
   local d=$R/memories/$1
   done_ "$d" || flashmem train "${TRAIN[@]}" --method "$2" --lr "$3" --steps "$4" --out "$d" "${@:5}" $(resume "$d")
 }
-best_softprompt() {  # the sweep's learning rate with the lowest last held-out loss
-  python3 - "$R/memories" <<'PY'
-import glob, json, sys
-runs = {}
-for log in glob.glob(f"{sys.argv[1]}/sweep_softprompt_lr*/log.jsonl"):
-    vals = [r["val_loss"] for r in map(json.loads, open(log)) if r.get("val_loss") is not None]
-    if vals:
-        runs[log.rsplit("/", 2)[1].split("_lr")[1]] = vals[-1]
-print(min(runs, key=runs.get))
-PY
-}
 case "$1" in
   train-flashmem) train flashmem flashmem 3e-4 100 ;;
   train-memgen) train memgen memgen 3e-4 100 --budget 2 ;;
-  sweep-softprompt)  # LRS (default: all five) picks learning rates, so two lanes can split the sweep
-    for lr in ${LRS:-1e-3 3e-3 1e-2 3e-2 1e-1}; do train sweep_softprompt_lr$lr softprompt $lr 30 --eval-every 30; done ;;
-  train-softprompt) train softprompt softprompt "$(best_softprompt)" 100 ;;
+  sweep-softprompt)  # 30 steps per rate; LRS (default: all four, 2.5 decades) picks learning rates, so two lanes can split the sweep
+    for lr in ${LRS:-1e-3 1e-2 1e-1 3e-1}; do train sweep_softprompt_lr$lr softprompt $lr 30 --eval-every 30; done ;;
+  train-softprompt) train softprompt softprompt "$(python3 results/best_lr.py $R/memories)" 100 --eval-every 50 ;;  # held-out loss at 0, 50, 100 (time)
   eval-*)  # eval-vanilla, eval-flashmem, eval-softprompt, eval-memgen, eval-foreign-context, eval-mean-latents
     # (the last two: FlashMem's context ablations). CTX (default 1024) and LIMIT (default 500) from the
     # environment; records resume and a larger LIMIT extends the same run.

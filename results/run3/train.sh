@@ -3,7 +3,7 @@
 # data (GSM8K train minus 64 held-out), 100 steps of 4 examples, K=8, prompt-end memory plus at most 2
 # triggered insertions (budget 2; FlashMem and the soft prompt: the monitor with tau from the untrained
 # system, gap 24; MemGen: its delimiter rule, budget 2 instead of its default 3, so both get the same
-# insertion budget). The soft prompt gets its own learning rate: a 30-step sweep over two decades
+# insertion budget). The soft prompt gets its own learning rate: a 30-step sweep over 2.5 decades
 # (softprompt-sweep; LRS picks a subset so two lanes can split it), then 100 steps at the rate with the
 # lowest held-out loss (softprompt).
 # flashmem-norm: the same FlashMem with the length-normalised entropy (H / log n) as the monitor's signal.
@@ -23,20 +23,11 @@ case "$1" in
   memgen)
     done_ $OUT/memgen || flashmem train "${COMMON[@]}" --method memgen --lr 3e-4 --budget 2 --out $OUT/memgen $(resume $OUT/memgen) ;;
   softprompt-sweep)
-    for lr in ${LRS:-1e-3 3e-3 1e-2 3e-2 1e-1}; do
+    for lr in ${LRS:-1e-3 1e-2 1e-1 3e-1}; do
       d=$OUT/sweep_softprompt_lr$lr
       done_ $d || flashmem train "${COMMON[@]}" --method softprompt --lr $lr --steps 30 --eval-every 30 --out $d $(resume $d)
     done ;;
   softprompt)
-    lr=$(python3 - "$OUT" <<'PY'
-import glob, json, sys
-runs = {}  # learning rate -> last held-out loss of its sweep run
-for log in glob.glob(f"{sys.argv[1]}/sweep_softprompt_lr*/log.jsonl"):
-    vals = [r["val_loss"] for r in map(json.loads, open(log)) if r.get("val_loss") is not None]
-    if vals:
-        runs[log.rsplit("/", 2)[1].split("_lr")[1]] = vals[-1]
-print(min(runs, key=runs.get))
-PY
-)
-    done_ $OUT/softprompt || flashmem train "${COMMON[@]}" --method softprompt --lr "$lr" --out $OUT/softprompt $(resume $OUT/softprompt) ;;
+    lr=$(python3 results/best_lr.py $OUT)
+    done_ $OUT/softprompt || flashmem train "${COMMON[@]}" --method softprompt --lr "$lr" --eval-every 50 --out $OUT/softprompt $(resume $OUT/softprompt) ;;
 esac
