@@ -35,6 +35,10 @@ def test_demo_writes_every_report_file_and_resumes(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     assert all(m in report for m in ("flashmem", "memgen", "softprompt", "vanilla"))
     assert set(json.loads((out / "comparisons.json").read_text())) == {"heldout"}
+    # the soft prompt trains at its own rate, the memories at --lr (the demo's defaults)
+    lrs = {m: json.loads((out / "memories" / m / "checkpoint" / "state.json").read_text())["train_config"]["lr"]
+           for m in ("flashmem", "memgen", "softprompt")}
+    assert lrs == {"flashmem": 3e-4, "memgen": 3e-4, "softprompt": 1e-1}
 
     # Resume: drop the last stages as if the run had been killed there; only they run again.
     state = json.loads((out / "demo_state.json").read_text())

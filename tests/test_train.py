@@ -255,3 +255,23 @@ def test_resume_treats_fields_added_later_as_their_defaults(tmp_path):
     assert any(d.startswith("self_temperature:") for d in diffs) and any(d.startswith("lr:") for d in diffs)
     normalized = replace(cfg, memory=replace(cfg.memory, entropy="normalized"))
     assert resume_differences(saved, normalized) == ["memory.entropy: 'raw' -> 'normalized'"]
+
+
+def test_the_soft_prompt_gets_its_own_default_learning_rate(tmp_path):
+    """The soft prompt's few values need much larger steps than a consolidator; an explicit --lr wins."""
+    from flashmem.train import MEMORY_LR, SOFTPROMPT_LR, TrainConfig
+
+    lr = {m: TrainConfig(data="gsm8k", out=str(tmp_path), method=m).lr for m in ("flashmem", "memgen", "softprompt")}
+    assert lr == {"flashmem": MEMORY_LR, "memgen": MEMORY_LR, "softprompt": SOFTPROMPT_LR} and SOFTPROMPT_LR > MEMORY_LR
+    assert TrainConfig(data="gsm8k", out=str(tmp_path), method="softprompt", lr=1e-3).lr == 1e-3
+    assert "(default 0.0003; 0.1 for the soft prompt)" in " ".join(main_help("train").split())
+
+
+def main_help(command: str) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main([command, "-h"])
+    return buf.getvalue()

@@ -22,7 +22,7 @@ from ..data import load_examples
 from ..errors import FlashmemError
 from ..evaluate import EvalConfig, evaluate
 from ..files import atomic_write_text
-from ..train import TrainConfig, train
+from ..train import MEMORY_LR, SOFTPROMPT_LR, TrainConfig, train
 from .commands import GenerateCommand, run_generate
 from .demo_report import write_report
 
@@ -47,7 +47,8 @@ class DemoConfig(ModelOptions):
     steps: int | None = option(None, "training steps per method (default: from --minutes)")
     step_seconds: float = option(10.0, "expected seconds per training step, used to size --steps from --minutes")
     batch_size: int = option(4, "training examples per step")
-    lr: float = option(3e-4, "peak learning rate")
+    lr: float = option(MEMORY_LR, "peak learning rate of FlashMem and MemGen")
+    softprompt_lr: float = option(SOFTPROMPT_LR, "peak learning rate of the soft-prompt control (see train.py)")
     max_new_tokens: int = option(256, "tokens per evaluated answer")
     calibrate_limit: int = option(32, "validation prompts for calibration")
     contexts: str = option("256,512,1024", "benchmark contexts")
@@ -128,7 +129,8 @@ def train_stages(demo: Demo, data: str) -> None:
         out = demo.path("memories", method)
         resume = Path(out, "checkpoint").exists() and f"train-{method}" not in demo.state["done"]
         config = TrainConfig(**demo.model, data=data, data_dir=cfg.data_dir, method=method, out=out, steps=steps,
-                             minutes=round(per_method * 1.5, 2), batch_size=cfg.batch_size, lr=cfg.lr, val_size=32,
+                             minutes=round(per_method * 1.5, 2), batch_size=cfg.batch_size,
+                             lr=cfg.softprompt_lr if method == "softprompt" else cfg.lr, val_size=32,
                              max_length=1024, on_bad_data="skip",
                              eval_every=max(steps // 4, 1), save_every=max(steps // 8, 1), bf16=cfg.bf16, resume=resume)
         demo.stage(f"train-{method}", lambda: train(config), config)
