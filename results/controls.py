@@ -1,4 +1,4 @@
-"""The training side of every comparison, read from the runs' own files: per memory, its learning rate,
+"""The training side of every comparison, read from the runs' own files: per memory (its train_config.json), its learning rate,
 steps, examples, training-loop minutes (log.jsonl's elapsed, cumulative over resumes), trainable
 parameters (memory.safetensors) and held-out loss at each evaluation.
 
@@ -25,17 +25,16 @@ def parameters(folder: str) -> int | None:
 
 def row(task: str, folder: str) -> str | None:
     log = os.path.join(folder, "log.jsonl")
-    state = os.path.join(folder, "checkpoint", "state.json")
-    if not (os.path.isfile(log) and os.path.isfile(state)):
+    settings = os.path.join(folder, "train_config.json")
+    if not (os.path.isfile(log) and os.path.isfile(settings)):
         return None
     records = [json.loads(line) for line in open(log)]
     steps = {r["step"]: r for r in records}  # a resumed run repeats steps: the last record wins
-    saved = json.load(open(state))
-    cfg = saved["train_config"]
+    cfg = json.load(open(settings))
     last = max(steps)
     vals = ", ".join(f"{s}: {r['val_loss']:.3f}" for s, r in sorted(steps.items()) if r.get("val_loss") is not None)
     minutes = steps[last].get("elapsed", 0.0) / 60
-    status = "" if saved["step"] >= saved["total_steps"] else f" (of {saved['total_steps']})"
+    status = "" if cfg["steps"] is None or last >= cfg["steps"] else f" (of {cfg['steps']})"
     n = parameters(folder)
     return (f"| {task} | {os.path.basename(folder)} | {cfg['method']} | {cfg['lr']:g} | {last}{status} | "
             f"{last * cfg['batch_size']} | {minutes:.0f} | {n:,} | {vals} |" if n is not None else None)

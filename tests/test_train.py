@@ -102,6 +102,8 @@ def test_train_writes_memory_log_and_threshold(assets, tmp_path, capsys):
     assert "val_loss" in records[2] and records[1]["lr"] > 0
     config = json.loads((out / "memory_config.json").read_text())
     assert config["threshold"] > 0 and config["min_gap"] == 3
+    settings = json.loads((out / "train_config.json").read_text())  # the run's settings, beside the weights
+    assert settings["steps"] == 2 and settings["method"] == "flashmem" and settings["lr"] == 3e-4
     assert (out / "checkpoint" / "manifest.json").is_file()
     assert train(model, data, out, "--steps", 2) == 2  # a checkpoint is there: refuse to overwrite it
     assert "pass --resume" in capsys.readouterr().err

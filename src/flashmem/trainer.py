@@ -28,6 +28,8 @@ from .memory import LatentMemory
 from .registry import load_trained_state, save_memory
 from .scoring import find_insertions, training_nll
 
+TRAIN_CONFIG = "train_config.json"  # the TrainConfig a memory was trained with, saved beside it
+
 LOG = "log.jsonl"
 INTERRUPTED = 130
 
@@ -248,6 +250,8 @@ class Trainer:
         self.save(self.elapsed_before + elapsed, self.tokens_before + tokens)
         if self.main:
             save_memory(self.memory, self.out, self.policy)
+            # the run's settings beside the weights (the checkpoint folder is not meant to be shared)
+            atomic_write_text(self.out / TRAIN_CONFIG, json.dumps(asdict(self.cfg), indent=2) + "\n")
         return self._summary(result, tokens, elapsed)
 
     def _summary(self, result: StepResult | None, tokens: int, elapsed: float) -> int:
