@@ -248,11 +248,14 @@ class Trainer:
                 signal.signal(signum, handler)
         elapsed = time.monotonic() - start
         self.save(self.elapsed_before + elapsed, self.tokens_before + tokens)
+        self._save_outputs()
+        return self._summary(result, tokens, elapsed)
+
+    def _save_outputs(self) -> None:
+        """The memory, and the run's settings beside it (the checkpoint folder is not meant to be shared)."""
         if self.main:
             save_memory(self.memory, self.out, self.policy)
-            # the run's settings beside the weights (the checkpoint folder is not meant to be shared)
             atomic_write_text(self.out / TRAIN_CONFIG, json.dumps(asdict(self.cfg), indent=2) + "\n")
-        return self._summary(result, tokens, elapsed)
 
     def _summary(self, result: StepResult | None, tokens: int, elapsed: float) -> int:
         why = (f"stopped by {self.stop_signal}" if self.stop_signal else
