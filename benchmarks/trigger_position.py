@@ -26,7 +26,8 @@ from flashmem.loader import load_backbone
 from flashmem.registry import load_memory
 from flashmem.runtime import set_threads
 from flashmem.scoring import find_insertions
-from flashmem.thresholds import percentile_threshold
+from flashmem.thresholds import sequence_threshold
+from flashmem.train import THRESHOLD_EXAMPLES
 
 RULES = ("raw", "normalized")
 
@@ -81,7 +82,8 @@ def main() -> None:
     ap.add_argument("--data", default="gsm8k")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=200, help="evaluation answers")
-    ap.add_argument("--tau-examples", type=int, default=32, help="training sequences that set tau (as train does)")
+    ap.add_argument("--tau-examples", type=int, default=THRESHOLD_EXAMPLES,
+                    help="training sequences that set tau (as train does)")
     ap.add_argument("--width", type=int, default=32, help="answer positions per bucket")
     ap.add_argument("--min-answers", type=int, default=10, help="plot only buckets reached by this many answers")
     ap.add_argument("--max-length", type=int, default=1024)
@@ -99,7 +101,7 @@ def main() -> None:
     pct = memory.config.percentile
     results = {}
     for rule in RULES:
-        tau = percentile_threshold(np.concatenate(answer_entropies(bb, memory, train_seqs, rule)), pct)
+        tau = sequence_threshold(bb, memory, train_seqs, replace(memory.config, entropy=rule))  # train's rule
         seen = answer_entropies(bb, memory, eval_seqs, rule)
         results[rule] = summarize(seen, tau, args.width)
         if rule == "raw" and memory.config.threshold is not None and memory.config.entropy == "raw":
