@@ -6,6 +6,7 @@
 # gap, so every memory here is the prompt-end one: what it reads from the document is all it can add.
 # Resumable: rerun the same line.
 #   bash results/recall/run.sh train-flashmem|train-memgen|sweep-softprompt|train-softprompt|eval-METHOD
+#   bash results/recall/run.sh check-window|train-cut|eval-cut-RUN      (the cut experiment, below)
 set -euo pipefail
 export OMP_NUM_THREADS=1
 R=results/recall
@@ -35,6 +36,29 @@ case "$1" in
       foreign-context|mean-latents)
         flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --ablate $what --out $E/flashmem_$what.json ;;
       *) flashmem eval "${EVAL[@]}" --method $what --memory $R/memories/$what --out $E/$what.json ;;
+    esac ;;
+  # The cut experiment: the prompt is cut from the cache after the prompt-end memory (`--prompt-window 28`: the
+  # attention sinks stay, the last 28 prompt tokens, which hold the question and the chat turn and never the
+  # value, are read again after the memory), so the fact reaches the answer only through the latent vectors.
+  # Shorter documents (512 tokens) keep it inside one session here.
+  check-window) mkdir -p $R/eval/cut_c512
+    python3 $R/window_check.py recall:context=512,facts=16 28 > $R/eval/cut_c512/window_check.json ;;
+  train-cut) train cut_flashmem flashmem 3e-4 100 --data recall:context=512,facts=16 --prompt-window 28 ;;
+  eval-cut-*)  # vanilla, vanilla-whole (no cut), flashmem, foreign-context, flashmem-uncut (the 1,024-token
+    # memory trained without the cut, cut at evaluation); LIMIT (default 500) from the environment
+    what=${1#eval-cut-}
+    EVAL=(--threads 1 --data recall:context=512,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8
+          --max-new-tokens 24 --no-nll)
+    E=$R/eval/cut_c512; CUT=(--prompt-window 28)
+    case $what in
+      vanilla-whole) flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla_whole.json ;;
+      vanilla) flashmem eval "${EVAL[@]}" "${CUT[@]}" --method vanilla --out $E/vanilla.json ;;
+      flashmem) flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/cut_flashmem --out $E/flashmem.json ;;
+      foreign-context) flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/cut_flashmem \
+        --ablate foreign-context --out $E/flashmem_foreign-context.json ;;
+      flashmem-uncut) flashmem eval "${EVAL[@]}" "${CUT[@]}" --method flashmem --memory $R/memories/flashmem \
+        --out $E/flashmem_uncut.json ;;
+      *) echo "unknown cut run $what"; exit 2 ;;
     esac ;;
   *) echo "unknown stage $1"; exit 2 ;;
 esac

@@ -57,6 +57,9 @@ class MemoryConfig:
                           "answers)", choices=ENTROPIES)
     trigger: str = option("monitor", "monitor (entropy above tau), delimiter (after ',', '.', newline: MemGen's "
                           "rule) or always (whenever budget and gap allow: fixed benchmark schedules)", choices=TRIGGERS)
+    prompt_window: int = option(0, "after the prompt-end memory, cut the prompt from the cache but its attention "
+                                "sinks and read its last N tokens again after the memory (0: off): the rest of the "
+                                "prompt then reaches the answer only through the memory")
     lora_r: int = option(16, "MemGen weaver LoRA rank")
     lora_alpha: int = option(32, "MemGen weaver LoRA alpha")
     reprefill: bool = option(False, "MemGen: re-prefill the reasoner's whole cache after each insertion, as its code does")
@@ -78,6 +81,10 @@ class MemoryConfig:
             (self.trigger in TRIGGERS, f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}"),
             (self.entropy in ENTROPIES, f"entropy must be raw or normalized, got {self.entropy!r}"),
             (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}"),
+            (self.prompt_window >= 0, f"prompt_window must be >= 0, got {self.prompt_window}"),
+            # MemGen's weaver re-reads the token ids and re-prefills from them: a masked cache hides nothing from it.
+            (self.prompt_window == 0 or not (self.reprefill or self.method == "memgen"),
+             "prompt_window needs a memory that reads the cache (flashmem, softprompt), not MemGen's weaver"),
         ], "memory config")
 
     @property
@@ -115,9 +122,13 @@ class GenerationConfig:
     seed: int = option(0, "seed of the sampler")
     use_memory: bool = option(True, "False: plain decoding (the monitor may still run for a trace)")
     compact: bool = option(True, "drop finished rows from the batch as they finish (same tokens, less compute)")
+    prompt_window: int | None = option(None, "cut the prompt but its sinks after the prompt-end memory and re-read "
+                                       "its last N tokens (None: the memory's own prompt_window; 0 without a memory)")
 
     def __post_init__(self) -> None:
         check([
+            (self.prompt_window is None or self.prompt_window >= 0,
+             f"prompt_window must be >= 0, got {self.prompt_window}"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),

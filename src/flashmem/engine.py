@@ -133,11 +133,44 @@ def memory_context(bb: Backbone, state: DecodeState) -> MemoryContext:
                          index=state.made)
 
 
-def prompt_memory(bb: Backbone, memory: LatentMemory, state: DecodeState, policy: MemoryConfig) -> torch.Tensor | None:
-    """Memory at the end of every prompt, when the policy asks for it and the context has room."""
-    if not policy.prompt_memory or not room_for(bb, state, policy.num_latents):
-        return None
-    return consolidate(bb, memory, state, [True] * state.mask.shape[0])
+def prompt_memory(bb: Backbone, memory: LatentMemory | None, state: DecodeState, policy: MemoryConfig | None,
+                  window: int = 0) -> torch.Tensor | None:
+    """Memory at the end of every prompt, when the policy asks for it and the context has room.
+
+    window > 0 (MemoryConfig.prompt_window) cuts the prompt from the cache once the memory is made:
+    see cut_prompt. Without a memory (policy None) only the cut happens."""
+    make = policy is not None and policy.prompt_memory and room_for(bb, state, policy.num_latents + window)
+    if window <= 0:
+        return consolidate(bb, memory, state, [True] * state.mask.shape[0]) if make else None
+    latents = memory(memory_context(bb, state)) if make else None
+    cut_prompt(bb, state, window, latents)
+    return latents
+
+
+def cut_prompt(bb: Backbone, state: DecodeState, keep_last: int, latents: torch.Tensor | None) -> None:
+    """Take the prompt out of reach right after prefill: every prompt slot but the attention sinks is
+    masked for all that follows (decoding, the monitor, later consolidations), then the latents (made
+    from the whole prompt) and the prompt's last keep_last tokens (the question, the chat turn) are
+    forwarded after it as one chunk. Both are computed afresh on the cut cache: had they been cached
+    while the prompt was visible, their keys and values would carry the prompt past the cut whatever
+    the memory held. What the rest of the prompt held reaches the answer only through the latent
+    vectors."""
+    prompt_length = state.length
+    shortest = int((state.mask.sum(-1) - state.sinks.sum(-1)).min())
+    if shortest < keep_last:
+        raise FlashmemError(f"prompt window {keep_last} needs prompts of more than {keep_last} tokens besides the "
+                            f"attention sinks; one prompt has {shortest}")
+    extra = keep_last + (0 if latents is None else latents.shape[1])
+    if not room_for(bb, state, extra + 1):
+        raise FlashmemError(f"prompt window {keep_last}: no room left in the model's context to re-read the prompt's end")
+    state.mask = state.mask.masked_fill(~state.sinks, 0)  # a new tensor: saved copies of the state keep theirs
+    tail = state.ids[:, prompt_length - keep_last:]
+    append_tokens(state, tail)
+    chunk = bb.embed(tail) if latents is None else torch.cat([latents, bb.embed(tail)], 1)
+    out = forward_chunk(bb, state, chunk, [True] * tail.shape[0])
+    state.logits, state.hidden = out.logits[:, -1], out.hidden[:, -1]
+    if latents is not None:
+        state.made = state.made + 1
 
 
 def maybe_consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, trigger: Trigger,

@@ -61,6 +61,10 @@ class EvalConfig(ModelOptions):
     nll: bool = option(True, "score the reference answer's NLL beside each generated answer")
     prompt: str = option("plain", "system prompt the questions are asked with (plain: none; boxed: ask for "
                          "\\boxed{} final answers, Qwen's math-evaluation prompt)", choices=tuple(PROMPTS))
+    prompt_window: int | None = option(None, "once the prompt-end memory is made, cut the prompt from the cache "
+                                       "but its attention sinks and re-read its last N tokens, for every method, "
+                                       "vanilla included (default: the memory's own setting, off for vanilla): "
+                                       "can the memory carry what the prompt held?", metavar="N")
     ablate: str = option("none", "foreign-context: memory made from another question's prompt state; mean-latents: "
                          "the mean of this memory's latents over the questions (see ablations.py)", choices=ABLATIONS)
     out: str = option(MISSING, "summary JSON; records and markdown go beside it", metavar="FILE.json")
@@ -72,6 +76,7 @@ class EvalConfig(ModelOptions):
         check([
             (self.limit is None or self.limit >= 1, f"--limit must be >= 1, got {self.limit}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.prompt_window is None or self.prompt_window >= 0, f"--prompt-window must be >= 0, got {self.prompt_window}"),
             (self.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {self.max_new_tokens}"),
             (self.method != "vanilla" or not (self.memory or self.untrained),
              "--method vanilla takes no --memory or --untrained (it is the plain model)"),
@@ -111,7 +116,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         fm.memory = mean_latents(fm.backbone, fm.memory, fm.config, [reference_pair(fm, ex) for ex in examples],
                                  out.with_suffix(".mean_latents.safetensors"))
     # The foreign batch follows the live one row for row, so rows may not leave it as they finish.
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, compact=foreign is None)
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, compact=foreign is None, prompt_window=cfg.prompt_window)
     run_questions(fm, examples, gen, cfg.batch_size, records, label=cfg.method, nll_only=cfg.nll_only, nll=cfg.nll,
                   foreign=foreign)
     summary = summarize([records.done[ex.line] for ex in examples], settings)
@@ -158,10 +163,14 @@ def method_memory(cfg: EvalConfig, bb: Backbone) -> tuple[LatentMemory | None, M
         memory = load_memory(cfg.memory, bb)
         if memory.config.method != cfg.method:
             raise FlashmemError(f"memory {cfg.memory} is a {memory.config.method} memory, not {cfg.method}")
+        policy, notes = memory.config, []
         if cfg.prompt_memory_only:  # the ablation: what memory made during decoding adds
-            return memory, replace(memory.config, trigger_memory=False), \
-                ["prompt-end memory only (--prompt-memory-only): no memory during decoding"]
-        return memory, memory.config, []
+            policy = replace(policy, trigger_memory=False)
+            notes.append("prompt-end memory only (--prompt-memory-only): no memory during decoding")
+        if cfg.prompt_window is not None and cfg.prompt_window != policy.prompt_window:
+            policy = replace(policy, prompt_window=cfg.prompt_window)
+            notes.append(f"prompt window {cfg.prompt_window} (the memory was trained with {memory.config.prompt_window})")
+        return memory, policy, notes
     torch.manual_seed(0)  # an untrained memory is the same one on every run (resume depends on it)
     memory = build_memory(bb, default_config(cfg.method))  # the method's own policy (MemGen: delimiters)
     return memory, memory.config, [f"UNTRAINED {cfg.method} memory (plumbing check, not a trained result)"]
@@ -189,8 +198,12 @@ def record_identity(cfg: EvalConfig, fm: FlashMem) -> dict:
         identity["ablate"] = cfg.ablate
     if cfg.nll_only:  # only then, so records written before the option existed still resume
         identity["nll_only"] = True
+    if cfg.prompt_window and fm.config is None:
+        identity["prompt_window"] = cfg.prompt_window
     if fm.config is not None:
-        identity["memory_config"] = {k: v for k, v in asdict(fm.config).items() if k != "version"}
+        # prompt_window only when set, so records written before it existed still resume
+        identity["memory_config"] = {k: v for k, v in asdict(fm.config).items()
+                                     if k != "version" and (k != "prompt_window" or v)}
         identity["memory_weights"] = _file_digest(Path(cfg.memory) / WEIGHTS_NAME) if cfg.memory else "untrained, seed 0"
     return identity
 
@@ -215,7 +228,7 @@ def run_questions(fm: FlashMem, examples: list[Example], gen: GenerationConfig, 
         for start in range(0, len(todo), batch_size):
             batch = todo[start: start + batch_size]
             one = lambda ex: with_foreign(fm, foreign, [ex])  # noqa: E731  (the FlashMem a question's NLL runs with)
-            rows = [nll_record(one(ex), ex) for ex in batch] if nll_only \
+            rows = [nll_record(one(ex), ex, gen.prompt_window or 0) for ex in batch] if nll_only \
                 else score_batch(with_foreign(fm, foreign, batch), batch, gen, nll, single=one)
             records.append(rows)
             bar.update(len(rows))
@@ -249,7 +262,7 @@ def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig, nll: 
         tokens = result.tokens[r]
         text = bb.tokenizer.decode(tokens, skip_special_tokens=True)
         start = time.perf_counter()
-        scored = answer_nll(single(ex) if single else fm, ex) if nll else (None, 0, [])
+        scored = answer_nll(single(ex) if single else fm, ex, gen.prompt_window or 0) if nll else (None, 0, [])
         steps = max(len(tokens) - 1, 0)  # decode steps after which the trigger was consulted
         up = signal(result, r, steps) if signal else None
         rows.append({
@@ -266,10 +279,10 @@ def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig, nll: 
     return rows
 
 
-def nll_record(fm: FlashMem, ex: Example) -> dict:
+def nll_record(fm: FlashMem, ex: Example, window: int = 0) -> dict:
     """A record with the reference answer's NLL only (--nll-only): no generation, accuracy None."""
     start = time.perf_counter()
-    nll = answer_nll(fm, ex)
+    nll = answer_nll(fm, ex, window)
     return {
         "id": ex.line, "question_sha": question_sha(ex.question), "final": ex.final, "prediction": None,
         "correct": None, "nll": nll[0], "nll_tokens": nll[1], "nll_insertions": nll[2], "gen_tokens": 0,
@@ -291,15 +304,16 @@ def reference_pair(fm: FlashMem, ex: Example) -> tuple[torch.Tensor, torch.Tenso
     return prompt[0], torch.tensor(answer, device=fm.backbone.device)
 
 
-def answer_nll(fm: FlashMem, ex: Example) -> tuple[float | None, int, list[int]]:
-    """(summed NLL, tokens, insertions) of the reference answer + EOS; NLL None when it cannot fit."""
+def answer_nll(fm: FlashMem, ex: Example, window: int = 0) -> tuple[float | None, int, list[int]]:
+    """(summed NLL, tokens, insertions) of the reference answer + EOS; NLL None when it cannot fit.
+    window: the plain model's prompt window (a memory runs its policy's)."""
     bb, cfg = fm.backbone, fm.config if fm.memory is not None else None
     prompt, answer = reference_pair(fm, ex)
     prompt = prompt[None]
     extra = 0 if cfg is None else cfg.num_latents * (1 + cfg.budget)
     if prompt.shape[1] + answer.numel() + extra > bb.max_positions:
         return None, int(answer.numel()), []
-    scored = find_insertions(bb, fm.memory, prompt[0], answer, policy=cfg)
+    scored = find_insertions(bb, fm.memory, prompt[0], answer, policy=cfg, window=window)
     return float(scored.nll), scored.n_tokens, list(scored.insertions)
 
 

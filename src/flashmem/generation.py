@@ -107,7 +107,7 @@ def generate(
     state, _ = prefill(bb, ids, mask, n_sinks, keep_inputs=policy is not None and policy.reprefill,
                        normalize_entropy=normalize)
     log = _Log(keep_logits, origin=list(range(ids.shape[0])))
-    prompt_latents = prompt_memory(bb, memory, state, policy) if policy is not None else None
+    prompt_latents = prompt_memory(bb, memory, state, policy, prompt_window(gen, policy))
     if prompt_latents is not None:
         log.latents.append((-1, prompt_latents))
     compact = gen.compact and forced is None and not keep_logits  # the tests' logits need the whole batch
@@ -115,6 +115,13 @@ def generate(
     threshold = (policy or memory.config).threshold if memory is not None else None
     stops = bb.stop_ids() if forced is None else None
     return _result(log, ids.shape[0], threshold, prompt_latents is not None, stops, bb.pad_id())
+
+
+def prompt_window(gen: GenerationConfig, policy: MemoryConfig | None) -> int:
+    """How many prompt tokens stay visible after the prompt-end memory (0: all): the call's, else the policy's."""
+    if gen.prompt_window is not None:
+        return gen.prompt_window
+    return policy.prompt_window if policy is not None else 0
 
 
 def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, gen: GenerationConfig,

@@ -34,11 +34,12 @@ class ScoredAnswer:
 
 
 def find_insertions(bb: Backbone, memory: LatentMemory | None, prompt: torch.Tensor, answer: torch.Tensor,
-                    with_entropy: bool = False, policy: MemoryConfig | None = None) -> ScoredAnswer:
-    """Score an answer (no grad) while letting the trigger decide where memory goes."""
+                    with_entropy: bool = False, policy: MemoryConfig | None = None, window: int = 0) -> ScoredAnswer:
+    """Score an answer (no grad) while letting the trigger decide where memory goes. window: the plain
+    model's prompt window (a memory's is its policy's prompt_window)."""
     policy = _policy(memory, policy)
     with torch.no_grad():
-        return _run(bb, memory, policy, encode_prompt(bb, policy, prompt), answer, None, with_entropy)
+        return _run(bb, memory, policy, encode_prompt(bb, policy, prompt), answer, None, with_entropy, window)
 
 
 def score_with_insertions(bb: Backbone, memory: LatentMemory | None, prompt: torch.Tensor, answer: torch.Tensor,
@@ -82,13 +83,12 @@ def _policy(memory: LatentMemory | None, policy: MemoryConfig | None) -> MemoryC
 
 
 def _run(bb, memory, policy, state: DecodeState, answer: torch.Tensor, insertions: list[int] | None,
-         with_entropy: bool) -> ScoredAnswer:
+         with_entropy: bool, window: int = 0) -> ScoredAnswer:
     """Continue from the prompt's state over answer (N,); insertions None means: let the trigger decide."""
     decide = insertions is None and policy is not None
     trigger = Trigger.build(bb, policy if decide else None, 1, answer.device)
     watch = with_entropy or trigger.needs_entropy
-    if policy is not None:
-        prompt_memory(bb, memory, state, policy)
+    prompt_memory(bb, memory, state, policy, policy.prompt_window if policy is not None else window)
     result = ScoredAnswer(nll=torch.zeros((), device=answer.device), n_tokens=int(answer.numel()))
     planned = sorted(insertions) if insertions is not None else []
     pos, n = 0, int(answer.numel())
