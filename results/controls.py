@@ -12,7 +12,7 @@ import sys
 
 from safetensors import safe_open
 
-RUNS = [("GSM8K", "results/run3/memories"), ("recall c1024", "results/recall/memories")]
+RUNS = ["results/run3/memories", "results/recall/memories"]
 
 
 def parameters(folder: str) -> int | None:
@@ -23,7 +23,13 @@ def parameters(folder: str) -> int | None:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
-def row(task: str, folder: str) -> str | None:
+def task_of(cfg: dict) -> str:
+    """The training data, and the prompt cut when the memory was trained with one."""
+    window = (cfg.get("memory") or {}).get("prompt_window")
+    return cfg["data"] + (f", prompt cut (last {window} kept)" if window else "")
+
+
+def row(folder: str) -> str | None:
     log = os.path.join(folder, "log.jsonl")
     settings = os.path.join(folder, "train_config.json")
     if not (os.path.isfile(log) and os.path.isfile(settings)):
@@ -36,16 +42,16 @@ def row(task: str, folder: str) -> str | None:
     minutes = steps[last].get("elapsed", 0.0) / 60
     status = "" if cfg["steps"] is None or last >= cfg["steps"] else f" (of {cfg['steps']})"
     n = parameters(folder)
-    return (f"| {task} | {os.path.basename(folder)} | {cfg['method']} | {cfg['lr']:g} | {last}{status} | "
+    return (f"| {task_of(cfg)} | {os.path.basename(folder)} | {cfg['method']} | {cfg['lr']:g} | {last}{status} | "
             f"{last * cfg['batch_size']} | {minutes:.0f} | {n:,} | {vals} |" if n is not None else None)
 
 
 def main() -> None:
     print("| task | run | method | lr | steps | examples | minutes | trainable parameters | held-out loss (step: nats/token) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for task, root in RUNS:
+    for root in RUNS:
         for folder in sorted(glob.glob(os.path.join(root, "*"))):
-            line = row(task, folder)
+            line = row(folder)
             if line:
                 print(line)
     return 0

@@ -15,5 +15,6 @@ for item in "$@"; do
   mkdir -p "$(dirname "$log")"
   echo "$(date +%FT%T) start $item" >> results/lanes.log
   bash "results/$script" "$stage" >> "$log" 2>&1
-  echo "$(date +%FT%T) end $item rc=$?" >> results/lanes.log
+  rc=$?  # before $(date) below, which would reset it
+  echo "$(date +%FT%T) end $item rc=$rc" >> results/lanes.log
 done

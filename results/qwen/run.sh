@@ -22,7 +22,9 @@ EVAL=(--data gsm8k --split test --max-new-tokens 512 --batch-size 16 --no-nll)
 case "$1" in
   vanilla)   flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method vanilla --out $R/eval/gsm8k_vanilla.json ;;
   flashmem)  train flashmem flashmem 3e-4 ;;
-  softprompt-sweep) for lr in 1e-3 3e-3 1e-2 3e-2 1e-1; do train softprompt_lr$lr softprompt $lr; done ;;
+  softprompt-sweep)  # 30 steps per rate, as on SmolLM2 (LRS picks rates, so two lanes can split the sweep)
+    for lr in ${LRS:-1e-3 1e-2 1e-1 3e-1}; do train sweep_softprompt_lr$lr softprompt $lr --steps 30 --eval-every 30; done ;;
+  softprompt) train softprompt softprompt "$(python3 results/best_lr.py $R/memories)" ;;
   memgen)    train memgen memgen 3e-4 --budget 2 ;;
   eval-flashmem) flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --out $R/eval/gsm8k_flashmem.json ;;
   *) echo "unknown stage $1"; exit 2 ;;

@@ -6,7 +6,7 @@
 # gap, so every memory here is the prompt-end one: what it reads from the document is all it can add.
 # Resumable: rerun the same line.
 #   bash results/recall/run.sh train-flashmem|train-memgen|sweep-softprompt|train-softprompt|eval-METHOD
-#   bash results/recall/run.sh check-window|train-cut|eval-cut-RUN      (the cut experiment, below)
+#   bash results/recall/run.sh check-window|train-cut|eval-cut-RUN|eval-cut-nll-RUN   (the cut experiment, below)
 set -euo pipefail
 export OMP_NUM_THREADS=1
 R=results/recall
@@ -24,6 +24,31 @@ case "$1" in
   sweep-softprompt)  # 30 steps per rate; LRS (default: all four, 2.5 decades) picks learning rates, so two lanes can split the sweep
     for lr in ${LRS:-1e-3 1e-2 1e-1 3e-1}; do train sweep_softprompt_lr$lr softprompt $lr 30 --eval-every 30; done ;;
   train-softprompt) train softprompt softprompt "$(python3 results/best_lr.py $R/memories)" 100 --eval-every 50 ;;  # held-out loss at 0, 50, 100 (time)
+  # The cut experiment: the prompt is cut from the cache after the prompt-end memory (`--prompt-window 28`: the
+  # attention sinks stay, the last 28 prompt tokens, which hold the question and the chat turn and never the
+  # value, are read again after the memory), so the fact reaches the answer only through the latent vectors.
+  # Shorter documents (512 tokens) keep it inside one session here.
+  check-window) mkdir -p $R/eval/cut_c512
+    python3 $R/window_check.py recall:context=512,facts=16 28 > $R/eval/cut_c512/window_check.json ;;
+  train-cut) train cut_flashmem flashmem 3e-4 100 --data recall:context=512,facts=16 --prompt-window 28 ;;
+  eval-cut-*)  # (before eval-*, which would match it) vanilla, vanilla-whole (no cut), flashmem, foreign-context,
+    # flashmem-uncut (the 1,024-token memory trained without the cut, cut at evaluation); eval-cut-nll-RUN: the
+    # reference answers' NLL only (--nll-only), paired per question. LIMIT (default 500) from the environment.
+    what=${1#eval-cut-}; mode=--no-nll; name=
+    if [[ $what == nll-* ]]; then what=${what#nll-}; mode=--nll-only; name=nll_; fi
+    EVAL=(--threads 1 --data recall:context=512,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8
+          --max-new-tokens 24 $mode)
+    E=$R/eval/cut_c512; CUT=(--prompt-window 28)
+    case $what in
+      vanilla-whole) flashmem eval "${EVAL[@]}" --method vanilla --out $E/${name}vanilla_whole.json ;;
+      vanilla) flashmem eval "${EVAL[@]}" "${CUT[@]}" --method vanilla --out $E/${name}vanilla.json ;;
+      flashmem) flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/cut_flashmem --out $E/${name}flashmem.json ;;
+      foreign-context) flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/cut_flashmem \
+        --ablate foreign-context --out $E/${name}flashmem_foreign-context.json ;;
+      flashmem-uncut) flashmem eval "${EVAL[@]}" "${CUT[@]}" --method flashmem --memory $R/memories/flashmem \
+        --out $E/${name}flashmem_uncut.json ;;
+      *) echo "unknown cut run $what"; exit 2 ;;
+    esac ;;
   eval-*)  # eval-vanilla, eval-flashmem, eval-softprompt, eval-memgen, eval-foreign-context, eval-mean-latents
     # (the last two: FlashMem's context ablations). CTX (default 1024) and LIMIT (default 500) from the
     # environment; records resume and a larger LIMIT extends the same run.
@@ -36,29 +61,6 @@ case "$1" in
       foreign-context|mean-latents)
         flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --ablate $what --out $E/flashmem_$what.json ;;
       *) flashmem eval "${EVAL[@]}" --method $what --memory $R/memories/$what --out $E/$what.json ;;
-    esac ;;
-  # The cut experiment: the prompt is cut from the cache after the prompt-end memory (`--prompt-window 28`: the
-  # attention sinks stay, the last 28 prompt tokens, which hold the question and the chat turn and never the
-  # value, are read again after the memory), so the fact reaches the answer only through the latent vectors.
-  # Shorter documents (512 tokens) keep it inside one session here.
-  check-window) mkdir -p $R/eval/cut_c512
-    python3 $R/window_check.py recall:context=512,facts=16 28 > $R/eval/cut_c512/window_check.json ;;
-  train-cut) train cut_flashmem flashmem 3e-4 100 --data recall:context=512,facts=16 --prompt-window 28 ;;
-  eval-cut-*)  # vanilla, vanilla-whole (no cut), flashmem, foreign-context, flashmem-uncut (the 1,024-token
-    # memory trained without the cut, cut at evaluation); LIMIT (default 500) from the environment
-    what=${1#eval-cut-}
-    EVAL=(--threads 1 --data recall:context=512,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8
-          --max-new-tokens 24 --no-nll)
-    E=$R/eval/cut_c512; CUT=(--prompt-window 28)
-    case $what in
-      vanilla-whole) flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla_whole.json ;;
-      vanilla) flashmem eval "${EVAL[@]}" "${CUT[@]}" --method vanilla --out $E/vanilla.json ;;
-      flashmem) flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/cut_flashmem --out $E/flashmem.json ;;
-      foreign-context) flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/cut_flashmem \
-        --ablate foreign-context --out $E/flashmem_foreign-context.json ;;
-      flashmem-uncut) flashmem eval "${EVAL[@]}" "${CUT[@]}" --method flashmem --memory $R/memories/flashmem \
-        --out $E/flashmem_uncut.json ;;
-      *) echo "unknown cut run $what"; exit 2 ;;
     esac ;;
   *) echo "unknown stage $1"; exit 2 ;;
 esac

@@ -206,17 +206,21 @@ def _labels(runs: list[dict]) -> list[str]:
             label += f" ({Path(str(memory)).name})"
         elif memory == "untrained":
             label += " (untrained)"
-        labels.append(label + _variant(s.get("config", {})))
+        labels.append(label + _variant(s))
     if len(set(labels)) < len(labels):
         labels = [f"{label} [{Path(run['path']).stem}]" for label, run in zip(labels, runs)]
     return labels
 
 
-def _variant(config: dict) -> str:
-    """What sets a run apart from the method's plain use: an ablation or the prompt-end-only policy."""
+def _variant(settings: dict) -> str:
+    """What sets a run apart from the method's plain use: an ablation, the prompt-end-only policy, the prompt cut."""
+    config = settings.get("config", {})
     parts = [f"ablate {config['ablate']}"] if config.get("ablate", "none") != "none" else []
     if config.get("prompt_memory_only"):
         parts.append("prompt-end only")
+    window = settings.get("prompt_window") or (settings.get("memory_config") or {}).get("prompt_window")
+    if window:
+        parts.append(f"prompt cut, last {window} kept")
     return f", {', '.join(parts)}" if parts else ""
 
 
