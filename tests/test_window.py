@@ -8,9 +8,10 @@ from flashmem.backbone import Backbone
 from flashmem.config import GenerationConfig, MemoryConfig
 from flashmem.errors import FlashmemError
 from flashmem.generation import generate
-from flashmem.registry import build_memory
 from flashmem.scoring import find_insertions, score_with_insertions
 from flashmem.testing import tiny_model
+
+from test_engine import firing_memory
 
 WINDOW, SINKS, LENGTH, HIDDEN = 3, 4, 16, 8  # HIDDEN: a prompt column the cut removes (after the sinks, before the window)
 
@@ -24,14 +25,8 @@ def prompts(vocab: int):
 
 
 def memory_of(bb, **overrides):
-    """A FlashMem memory with random output weights (as after training), so its latents read the context."""
-    cfg = dict(num_latents=3, n_sinks=SINKS, prompt_window=WINDOW, trigger_memory=False)
-    cfg.update(overrides)
-    torch.manual_seed(0)
-    memory = build_memory(bb, MemoryConfig(**cfg))
-    with torch.no_grad():
-        memory.out_proj.weight.normal_(0.0, 0.05)
-    return memory
+    """test_engine's context-reading memory, cut at the prompt end and making no memory while decoding."""
+    return firing_memory(bb, **{"n_sinks": SINKS, "prompt_window": WINDOW, "trigger_memory": False, **overrides})
 
 
 def step_logits(bb, ids, mask, memory=None, window=None, keep=False):
