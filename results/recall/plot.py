@@ -43,7 +43,7 @@ def points(pattern: str) -> list[tuple[int, float, float, float, int]]:
 
 
 def table() -> dict[str, list[tuple[int, float, float, float, int]]]:
-    lines = {label: points(os.path.join(HERE, "eval", "c*", f"{stem}.json")) for stem, label in RUNS.items()}
+    lines = {label: points(os.path.join(HERE, "eval", "c[0-9]*", f"{stem}.json")) for stem, label in RUNS.items()}
     lines = {label: pts for label, pts in lines.items() if pts}
     lines["plain model, validation sweep"] = points(os.path.join(HERE, "plain_sweep", "c*_f16.json"))
     return lines
