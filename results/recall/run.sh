@@ -6,6 +6,7 @@
 # gap, so every memory here is the prompt-end one: what it reads from the document is all it can add.
 # Resumable: rerun the same line.
 #   bash results/recall/run.sh train-flashmem|train-memgen|sweep-softprompt|train-softprompt|eval-METHOD
+#   bash results/recall/run.sh eval-pass   (eval-vanilla, -flashmem, -foreign-context, -mean-latents, -softprompt in one pass)
 #   bash results/recall/run.sh check-window|train-cut|eval-cut-RUN|eval-cut-nll-RUN   (the cut experiment, below)
 set -euo pipefail
 export OMP_NUM_THREADS=1
@@ -49,15 +50,23 @@ case "$1" in
         --out $E/${name}flashmem_uncut.json ;;
       *) echo "unknown cut run $what"; exit 2 ;;
     esac ;;
-  eval-*)  # eval-vanilla, eval-flashmem, eval-softprompt, eval-memgen, eval-foreign-context, eval-mean-latents
+  eval-*)  # eval-vanilla, eval-flashmem, eval-softprompt, eval-memgen, eval-foreign-context, eval-mean-latents, eval-pass
     # (the last two: FlashMem's context ablations). CTX (default 1024) and LIMIT (default 500) from the
     # environment; records resume and a larger LIMIT extends the same run.
     what=${1#eval-}; ctx=${CTX:-1024}
     EVAL=(--threads 1 --data recall:context=$ctx,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8
           --max-new-tokens 24 --no-nll)
     E=$R/eval/c$ctx
+    M=$R/memories
     case $what in
       vanilla) flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla.json ;;
+      pass)  # vanilla, FlashMem, its two ablations and the soft prompt in one pass (--also): the same runs and
+        # records as their own stages, but each batch's documents are encoded once, not five times
+        flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla.json \
+          --also "--method flashmem --memory $M/flashmem --out $E/flashmem.json" \
+                 "--method flashmem --memory $M/flashmem --ablate foreign-context --out $E/flashmem_foreign-context.json" \
+                 "--method flashmem --memory $M/flashmem --ablate mean-latents --out $E/flashmem_mean-latents.json" \
+                 "--method softprompt --memory $M/softprompt --out $E/softprompt.json" ;;
       foreign-context|mean-latents)
         flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --ablate $what --out $E/flashmem_$what.json ;;
       *) flashmem eval "${EVAL[@]}" --method $what --memory $R/memories/$what --out $E/$what.json ;;

@@ -91,6 +91,7 @@ class Backbone:
         self.vocab_size = config.vocab_size
         self.model_type = config.model_type
         self.max_positions = int(getattr(config, "max_position_embeddings", None) or 1 << 30)
+        self.patch_depth = 0  # > 0 while `patched` has modules swapped in: forwards then differ from the plain model's
 
     @property
     def device(self) -> torch.device:
@@ -141,6 +142,11 @@ class Backbone:
         """Cached keys/values of one layer, (B, n_kv, T, D), keys already rotated. No copy."""
         layer = cache.layers[layer_index]
         return layer.keys, layer.values
+
+    @staticmethod
+    def clone_cache(cache: DynamicCache) -> DynamicCache:
+        """An independent copy (every layer's keys and values copied), so two decodings can grow from one prefill."""
+        return copy.deepcopy(cache)
 
     @staticmethod
     def cache_length(cache: DynamicCache) -> int:
@@ -228,6 +234,7 @@ class Backbone:
     def patched(self, replacements: dict[tuple[str, str], nn.Module]) -> Iterator[None]:
         """Swap {(layer index, projection name): module} into the live model, restoring on every exit path."""
         originals = {key: getattr(self._decoder.layers[int(key[0])].self_attn, key[1]) for key in replacements}
+        self.patch_depth += 1
         try:
             for (layer, name), module in replacements.items():
                 setattr(self._decoder.layers[int(layer)].self_attn, name, module)
@@ -235,6 +242,7 @@ class Backbone:
         finally:
             for (layer, name), module in originals.items():
                 setattr(self._decoder.layers[int(layer)].self_attn, name, module)
+            self.patch_depth -= 1
 
     # ---- identity -------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:

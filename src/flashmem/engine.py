@@ -9,7 +9,11 @@ the context limit never waits for the device.
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -43,24 +47,82 @@ class DecodeState:
         return self.mask.shape[1]
 
 
+class PrefillMemo:
+    """The last few prompt prefills, by their token ids: runs that decode the same prompts one after
+    another (`flashmem eval --also`) pay for each prompt's forward once. A hit hands out a copy of the
+    cache, so each run's decoding grows its own."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.hits, self.misses = capacity, 0, 0
+        self._entries: OrderedDict[tuple, tuple[object, StepOutput]] = OrderedDict()
+
+    @staticmethod
+    def key(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, want_query: bool) -> tuple:
+        digest = hashlib.sha1(ids.cpu().numpy().tobytes())
+        digest.update(mask.cpu().numpy().tobytes())
+        return id(bb), tuple(ids.shape), want_query, digest.hexdigest()
+
+    def get(self, key: tuple) -> tuple[object, StepOutput] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple, entry: tuple[object, StepOutput]) -> None:
+        self._entries[key] = entry
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+
+_MEMO: PrefillMemo | None = None
+
+
+@contextmanager
+def shared_prefills(capacity: int) -> Iterator[PrefillMemo]:
+    """Within the block, prefills without gradients reuse the forward of an identical recent prompt batch."""
+    global _MEMO
+    previous, _MEMO = _MEMO, PrefillMemo(capacity)
+    try:
+        yield _MEMO
+    finally:
+        _MEMO = previous
+
+
 def prefill(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, want_query: bool = False,
             keep_inputs: bool = False, normalize_entropy: bool = False) -> tuple[DecodeState, StepOutput]:
     """Encode left-padded prompts. Returns the state and the step output (query for every position)."""
     mask = mask.long()
     # Same position rule as transformers' generate for left padding.
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    cache = bb.new_cache()
     embeds = bb.embed(ids)
-    out = bb.forward(embeds, cache, positions, mask, want_query=want_query)
-    if bb.cache_length(cache) != ids.shape[1]:  # e.g. a transformers that ignores our cache argument
-        raise FlashmemError(f"the backbone did not fill its cache ({bb.cache_length(cache)} of {ids.shape[1]} "
-                            "positions): this transformers version is not supported (use >=5.24,<5.40)")
+    cache, out = _encode_prompt(bb, ids, embeds, positions, mask, want_query)
     lengths = mask.sum(-1)
     state = DecodeState(cache=cache, mask=mask, positions=lengths, next_positions=lengths.tolist(),
                         sinks=sink_mask(mask, n_sinks), ids=ids, ids_mask=mask, hidden=out.hidden[:, -1],
                         logits=out.logits[:, -1], made=torch.zeros_like(lengths),
                         normalize_entropy=normalize_entropy, inputs=[embeds] if keep_inputs else None)
     return state, out
+
+
+def _encode_prompt(bb: Backbone, ids: torch.Tensor, embeds: torch.Tensor, positions: torch.Tensor,
+                   mask: torch.Tensor, want_query: bool) -> tuple[object, StepOutput]:
+    """The prompt's forward into a new cache, or a copy of a shared one (never while training or patched)."""
+    memo = _MEMO if _MEMO is not None and bb.patch_depth == 0 and not torch.is_grad_enabled() else None
+    key = memo.key(bb, ids, mask, want_query) if memo is not None else None
+    hit = memo.get(key) if memo is not None else None
+    if hit is not None:
+        return bb.clone_cache(hit[0]), hit[1]
+    cache = bb.new_cache()
+    out = bb.forward(embeds, cache, positions, mask, want_query=want_query)
+    if bb.cache_length(cache) != ids.shape[1]:  # e.g. a transformers that ignores our cache argument
+        raise FlashmemError(f"the backbone did not fill its cache ({bb.cache_length(cache)} of {ids.shape[1]} "
+                            "positions): this transformers version is not supported (use >=5.24,<5.40)")
+    if memo is not None:
+        memo.put(key, (bb.clone_cache(cache), out))
+    return cache, out
 
 
 def forward_chunk(bb: Backbone, state: DecodeState, embeds: torch.Tensor, rows: list[bool],

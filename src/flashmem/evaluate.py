@@ -22,6 +22,7 @@ from .backbone import Backbone
 from .config import GenerationConfig, MemoryConfig, ModelOptions, check, option
 from .data import Example, load_examples
 from .delimiters import delimiter_token_mask
+from .engine import shared_prefills
 from .errors import FlashmemError
 from .files import atomic_write_text
 from .generation import generate
@@ -93,23 +94,81 @@ class EvalConfig(ModelOptions):
             raise FlashmemError(f"--compare: run not found: {', '.join(missing)}")
 
 
+# What a run's prompts depend on: runs evaluated together (`--also`) must agree on all of it.
+SHARED_FIELDS = ("model", "dtype", "device", "data", "split", "data_dir", "limit", "batch_size", "prompt")
+
+
+@dataclass
+class _Run:
+    """One evaluation in progress: its config, its memory (inside fm), records and generation settings."""
+
+    cfg: EvalConfig
+    fm: FlashMem
+    out: Path
+    settings: dict
+    records: RecordFile
+    gen: GenerationConfig
+    foreign: dict[int, Example] | None
+    label: str
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run (or resume) the evaluation; write the records, the summary JSON and its markdown; return the summary."""
-    examples, report = load_examples(cfg.data, cfg.split, cfg.data_dir)
+    return evaluate_together([cfg])[0]
+
+
+def evaluate_together(cfgs: list[EvalConfig]) -> list[dict]:
+    """Several runs on the same questions in one pass (`flashmem eval --also`), a batch at a time: each
+    batch's prompts are encoded once and every run decodes from its own copy of that cache. On long
+    prompts the prefill is most of the cost, so k runs cost little more than one. Records, summaries and
+    resumption are each run's own, exactly as when the runs go one after another."""
+    check_together(cfgs)
+    first = cfgs[0]
+    examples, report = load_examples(first.data, first.split, first.data_dir)
     if report.skipped:
         print(f"note: {report.summary()}", file=sys.stderr)
-    bb = load_backbone(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    bb = load_backbone(first.model, dtype=first.dtype, device=first.device)
+    runs = [_start(cfg, bb, examples, report.path, [c.out for c in cfgs if c is not cfg]) for cfg in cfgs]
+    examples = examples[: first.limit] if first.limit else examples
+    if len(runs) == 1:
+        run_questions(runs, examples, first.batch_size)
+    else:  # room for the live batch, a foreign-context batch and each question's teacher-forced prefill
+        with shared_prefills(capacity=first.batch_size + 2):
+            run_questions(runs, examples, first.batch_size)
+    return [_finish(run, examples) for run in runs]
+
+
+def check_together(cfgs: list[EvalConfig]) -> None:
+    """Runs evaluated together share their questions and prompts, and write to different files."""
+    if not cfgs:
+        raise FlashmemError("nothing to evaluate")
+    for cfg in cfgs[1:]:
+        for name in SHARED_FIELDS:
+            if getattr(cfg, name) != getattr(cfgs[0], name):
+                raise FlashmemError(f"runs evaluated together share the questions and their prompts: --{name.replace('_', '-')} "
+                                    f"differs ({getattr(cfgs[0], name)!r} for {cfgs[0].out}, {getattr(cfg, name)!r} for {cfg.out})")
+    outs = [str(Path(cfg.out).resolve()) for cfg in cfgs]
+    repeated = sorted({out for out in outs if outs.count(out) > 1})
+    if repeated:
+        raise FlashmemError(f"two runs would write the same result file: {repeated[0]} (give each its own --out)")
+
+
+def _start(cfg: EvalConfig, bb: Backbone, examples: list[Example], source, shared_with: list[str]) -> _Run:
+    """Build one run's memory and open (or resume) its records; `examples` is the whole set, before --limit."""
     memory, policy, notes = method_memory(cfg, bb)
     fm = FlashMem(bb, memory, trained=cfg.memory is not None, config=policy, system=system_prompt(cfg.prompt))
     notes += ensure_threshold(fm, examples)
+    if shared_with:
+        notes.append(f"evaluated in one pass with {', '.join(shared_with)}: each batch's prompt prefill ran once, "
+                     "in the first run of the pass, so the other runs' times leave it out")
     for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {cfg.out}: {note}" if shared_with else f"note: {note}", file=sys.stderr)
     foreign = foreign_examples(examples) if cfg.ablate == "foreign-context" else None
     examples = examples[: cfg.limit] if cfg.limit else examples
     identity = record_identity(cfg, fm)
     settings = {**identity, "memory": cfg.memory or ("untrained" if memory is not None else None),
                 "limit": cfg.limit, "batch_size": cfg.batch_size, "data_dir": cfg.data_dir,
-                "data_source": report.path, "notes": notes, "machine": machine_info(), "config": asdict(cfg)}
+                "data_source": source, "notes": notes, "machine": machine_info(), "config": asdict(cfg)}
     out = Path(cfg.out)
     records = open_records(out, identity, settings, examples)
     if cfg.ablate == "mean-latents":
@@ -117,16 +176,20 @@ def evaluate(cfg: EvalConfig) -> dict:
                                  out.with_suffix(".mean_latents.safetensors"))
     # The foreign batch follows the live one row for row, so rows may not leave it as they finish.
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, compact=foreign is None, prompt_window=cfg.prompt_window)
-    run_questions(fm, examples, gen, cfg.batch_size, records, label=cfg.method, nll_only=cfg.nll_only, nll=cfg.nll,
-                  foreign=foreign)
-    summary = summarize([records.done[ex.line] for ex in examples], settings)
-    summary["records_file"] = records.path.name
+    label = out.stem if shared_with else cfg.method
+    return _Run(cfg, fm, out, settings, records, gen, foreign, label)
+
+
+def _finish(run: _Run, examples: list[Example]) -> dict:
+    """Summarize a finished run: the summary JSON and markdown (with the --compare table when asked)."""
+    summary = summarize([run.records.done[ex.line] for ex in examples], run.settings)
+    summary["records_file"] = run.records.path.name
     text = summary_markdown(summary)
-    if cfg.compare:  # compare_runs reads this run from its files like any other run
-        write_summary(out, summary, text)
-        summary["comparison"] = compare_runs([*cfg.compare, out])
+    if run.cfg.compare:  # compare_runs reads this run from its files like any other run
+        write_summary(run.out, summary, text)
+        summary["comparison"] = compare_runs([*run.cfg.compare, run.out])
         text += "\n\n" + comparison_markdown(summary["comparison"])
-    write_summary(out, summary, text)
+    write_summary(run.out, summary, text)
     summary["markdown"] = text
     return summary
 
@@ -213,30 +276,44 @@ def _file_digest(path: Path) -> str:
 
 
 # ---- the evaluation loop -----------------------------------------------------------------------
-def run_questions(fm: FlashMem, examples: list[Example], gen: GenerationConfig, batch_size: int,
-                  records: RecordFile, label: str = "", progress: bool = True, nll_only: bool = False,
-                  nll: bool = True, foreign: dict[int, Example] | None = None) -> None:
-    """Generate and score every example not yet in `records`, appending a batch at a time."""
+def run_questions(runs: list[_Run], examples: list[Example], batch_size: int, progress: bool = True) -> None:
+    """Generate and score every example a run has not recorded yet, a batch at a time: each batch goes
+    through every run in turn (so they can share its prefill) and is appended to each run's records."""
     from tqdm import tqdm
 
-    todo = [ex for ex in examples if ex.line not in records.done]
-    done_here = [records.done[ex.line] for ex in examples if ex.line in records.done]
-    bar = tqdm(total=len(examples), initial=len(done_here), desc=f"eval {label}", unit="q",
-               file=sys.stderr, disable=not progress)
-    correct = sum(bool(r["correct"]) for r in done_here if r["correct"] is not None)
+    todo = [ex for ex in examples if any(ex.line not in run.records.done for run in runs)]
+    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="eval " + "+".join(r.label for r in runs),
+               unit="q", file=sys.stderr, disable=not progress)
+    tally = {run.label: _tally(run, examples) for run in runs}  # label: [correct, answered]
     try:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start: start + batch_size]
-            one = lambda ex: with_foreign(fm, foreign, [ex])  # noqa: E731  (the FlashMem a question's NLL runs with)
-            rows = [nll_record(one(ex), ex, gen.prompt_window or 0) for ex in batch] if nll_only \
-                else score_batch(with_foreign(fm, foreign, batch), batch, gen, nll, single=one)
-            records.append(rows)
-            bar.update(len(rows))
-            if not nll_only:
-                correct += sum(r["correct"] for r in rows)
-                bar.set_postfix(acc=f"{correct / bar.n:.3f}")
+            chunk = todo[start: start + batch_size]
+            for run in runs:
+                batch = [ex for ex in chunk if ex.line not in run.records.done]
+                if batch:
+                    rows = _score(run, batch)
+                    run.records.append(rows)
+                    if not run.cfg.nll_only:
+                        tally[run.label][0] += sum(r["correct"] for r in rows)
+                        tally[run.label][1] += len(rows)
+            bar.update(len(chunk))
+            bar.set_postfix({("acc" if len(runs) == 1 else label): f"{c / n:.3f}" for label, (c, n) in tally.items() if n})
     finally:
         bar.close()
+
+
+def _tally(run: _Run, examples: list[Example]) -> list[int]:
+    done = [run.records.done[ex.line] for ex in examples if ex.line in run.records.done]
+    scored = [r for r in done if r["correct"] is not None]
+    return [sum(bool(r["correct"]) for r in scored), len(scored)]
+
+
+def _score(run: _Run, batch: list[Example]) -> list[dict]:
+    """One run's records for a batch: generation and scoring, or (--nll-only) the reference NLL alone."""
+    one = lambda ex: with_foreign(run.fm, run.foreign, [ex])  # noqa: E731  (the FlashMem a question's NLL runs with)
+    if run.cfg.nll_only:
+        return [nll_record(one(ex), ex, run.gen.prompt_window or 0) for ex in batch]
+    return score_batch(with_foreign(run.fm, run.foreign, batch), batch, run.gen, run.cfg.nll, single=one)
 
 
 def with_foreign(fm: FlashMem, foreign: dict[int, Example] | None, batch: list[Example]) -> FlashMem:

@@ -11,11 +11,10 @@ from typing import Callable
 from ..bench import BenchConfig
 from ..calibrate import CalibrateConfig
 from ..errors import FlashmemError
-from ..evaluate import EvalConfig
 from ..runtime import set_threads
 from ..train import TrainConfig
 from ..version import __version__
-from .commands import CompareCommand, GenerateCommand, run_bench, run_calibrate, run_compare, run_eval, run_generate, \
+from .commands import CompareCommand, EvalCommand, GenerateCommand, run_bench, run_calibrate, run_compare, run_eval, run_generate, \
     run_train
 from .demo import DemoConfig, run_demo
 from .lm_eval import DESCRIPTION as LM_EVAL_DESCRIPTION, run_lm_eval
@@ -39,10 +38,10 @@ COMMANDS = {
     "calibrate": Command(CalibrateConfig, run_calibrate, "set the monitor threshold from validation entropies",
                          "Decode validation prompts with the memory on, take the given percentile of the monitor's "
                          "entropies as the threshold, and write it into the memory's config."),
-    "eval": Command(EvalConfig, run_eval, "evaluate a memory method: accuracy, answer NLL, cost",
+    "eval": Command(EvalCommand, run_eval, "evaluate a memory method: accuracy, answer NLL, cost",
                     "Evaluate vanilla decoding or a latent memory on a question set. Per-question records go to "
                     "OUT.records.jsonl (rerun the same command to resume), the summary to OUT and a markdown table "
-                    "to OUT.md."),
+                    "to OUT.md. --also adds more runs on the same questions in the same pass."),
     "compare": Command(CompareCommand, run_compare, "paired comparison of eval runs on their shared questions",
                        "Accuracy and answer-NLL differences between eval runs on the questions they all answered, "
                        "with paired bootstrap intervals; works on an interrupted run's records."),

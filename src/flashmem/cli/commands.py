@@ -1,20 +1,23 @@
 """What each `flashmem` command does with its typed config: call the library job, print the result."""
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import sys
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING, dataclass, fields, replace
 
 from ..api import FlashMem
 from ..bench import BenchConfig, bench
 from ..calibrate import CalibrateConfig, calibrate
 from ..config import GenerationConfig, ModelOptions, option
 from ..errors import FlashmemError
-from ..evaluate import EvalConfig, evaluate
+from ..evaluate import EvalConfig, evaluate_together
 from ..files import atomic_write_text
 from ..report import bench_markdown, compare_runs, comparison_markdown
 from ..trace import plot_trace, trace_record, write_trace
 from ..train import TrainConfig, train
+from .options import add_arguments
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,8 +103,55 @@ def run_calibrate(cfg: CalibrateConfig) -> int:
     return 0
 
 
-def run_eval(cfg: EvalConfig) -> int:
-    print(evaluate(cfg)["markdown"])
+# What an --also run may set for itself: which memory it evaluates, how, and where it writes. The rest
+# (model, data, limit, batch size, prompt) decides the prompts every run of the pass shares.
+ALSO_FIELDS = ("method", "memory", "untrained", "prompt_memory_only", "ablate", "prompt_window", "nll",
+               "max_new_tokens", "out", "compare")
+# A run that names another method starts from no memory rather than inheriting the main run's.
+METHOD_RESETS = {"memory": None, "untrained": False, "ablate": "none", "prompt_memory_only": False}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalCommand(EvalConfig):
+    """`flashmem eval`: one run, or several on the same questions in one pass (--also)."""
+
+    also: list[str] = option(default_factory=list, metavar="'FLAGS'", help=(
+        "another run on the same questions in the same pass, given as its own quoted flags that replace this "
+        "command's (e.g. '--method vanilla --out v.json'; a new --method starts without a memory); allowed: "
+        + ", ".join("--" + f.replace("_", "-") for f in ALSO_FIELDS) + ". The runs share each batch's prompt "
+        "prefill, so on long prompts several runs cost little more than one"))
+
+
+class _AlsoParser(argparse.ArgumentParser):
+    def error(self, message: str):  # a user error, not argparse's usage dump and exit
+        raise FlashmemError(message)
+
+
+def also_configs(cmd: EvalCommand) -> list[EvalConfig]:
+    """The main run and one config per --also, each checked like a command line of its own."""
+    base = EvalConfig(**{f.name: getattr(cmd, f.name) for f in fields(EvalConfig)})
+    parser = _AlsoParser(prog="flashmem eval --also", add_help=False)
+    add_arguments(parser, EvalConfig, suppress=True)
+    configs = [base]
+    for text in cmd.also:
+        try:
+            given = vars(parser.parse_args(shlex.split(text)))
+        except (FlashmemError, ValueError) as err:
+            raise FlashmemError(f"--also {text!r}: {err}") from None
+        shared = sorted(set(given) - set(ALSO_FIELDS))
+        if shared:
+            raise FlashmemError(f"--also {text!r}: --{shared[0].replace('_', '-')} is shared by every run of the pass; "
+                                "give it once, outside --also")
+        if "out" not in given:
+            raise FlashmemError(f"--also {text!r} needs its own --out")
+        given = {**(METHOD_RESETS if "method" in given else {}), "compare": [], **given}
+        configs.append(replace(base, **given))
+    return configs
+
+
+def run_eval(cmd: EvalCommand) -> int:
+    summaries = evaluate_together(also_configs(cmd))
+    print("\n\n".join(summary["markdown"] for summary in summaries))
     return 0
 
 

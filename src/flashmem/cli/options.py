@@ -1,7 +1,8 @@
 """A command's argparse derived from its config dataclass, and the config built back from the parse.
 
 Each field becomes `--field-name` with the help of its `option()` metadata; `bool` fields become
-`--name` (default False) or `--no-name` (default True); `list[str]` takes one or more values; a
+`--name` (default False) or `--no-name` (default True); `list[str]` takes one or more values (a
+repeated flag adds more when the default is empty); a
 nested config dataclass (TrainConfig.memory) contributes its own fields, and only those given on
 the command line replace the parent's default for it (so `--method memgen` keeps MemGen's policy
 unless, say, `--budget` is passed).
@@ -57,6 +58,8 @@ def _add_field(parser, f: dataclasses.Field, tp: Any, suppress: bool) -> None:
         kwargs.update(action="store_false" if default is True else "store_true", dest=f.name)
     elif typing.get_origin(inner) is list:
         kwargs.update(nargs="+", type=typing.get_args(inner)[0])
+        if default == []:  # repeating the flag adds to the list (a non-empty default is replaced as a whole)
+            kwargs["action"] = "extend"
     else:
         kwargs.update(type=inner, choices=meta.get("choices"), metavar=meta.get("metavar"))
         if default not in (MISSING, None):
