@@ -60,13 +60,15 @@ case "$1" in
     M=$R/memories
     case $what in
       vanilla) flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla.json ;;
-      pass)  # vanilla, FlashMem, its two ablations and the soft prompt in one pass (--also): the same runs and
-        # records as their own stages, but each batch's documents are encoded once, not five times
-        flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla.json \
-          --also "--method flashmem --memory $M/flashmem --out $E/flashmem.json" \
-                 "--method flashmem --memory $M/flashmem --ablate foreign-context --out $E/flashmem_foreign-context.json" \
-                 "--method flashmem --memory $M/flashmem --ablate mean-latents --out $E/flashmem_mean-latents.json" \
-                 "--method softprompt --memory $M/softprompt --out $E/softprompt.json" ;;
+      pass)  # vanilla, FlashMem, its two ablations, the soft prompt and (once trained) MemGen in one pass (--also):
+        # the same runs and records as their own stages, but each batch's documents are encoded once, not six times
+        # (the foreign-context batch and MemGen's weaver still read theirs)
+        ALSO=("--method flashmem --memory $M/flashmem --out $E/flashmem.json"
+              "--method flashmem --memory $M/flashmem --ablate foreign-context --out $E/flashmem_foreign-context.json"
+              "--method flashmem --memory $M/flashmem --ablate mean-latents --out $E/flashmem_mean-latents.json"
+              "--method softprompt --memory $M/softprompt --out $E/softprompt.json")
+        if done_ $M/memgen; then ALSO+=("--method memgen --memory $M/memgen --out $E/memgen.json"); fi
+        flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla.json --also "${ALSO[@]}" ;;
       foreign-context|mean-latents)
         flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --ablate $what --out $E/flashmem_$what.json ;;
       *) flashmem eval "${EVAL[@]}" --method $what --memory $R/memories/$what --out $E/$what.json ;;

@@ -153,7 +153,8 @@ def check_together(cfgs: list[EvalConfig]) -> None:
         raise FlashmemError(f"two runs would write the same result file: {repeated[0]} (give each its own --out)")
 
 
-def _start(cfg: EvalConfig, bb: Backbone, examples: list[Example], source, shared_with: list[str]) -> _Run:
+def _start(cfg: EvalConfig, bb: Backbone, examples: list[Example], source: str | None,
+           shared_with: list[str]) -> _Run:
     """Build one run's memory and open (or resume) its records; `examples` is the whole set, before --limit."""
     memory, policy, notes = method_memory(cfg, bb)
     fm = FlashMem(bb, memory, trained=cfg.memory is not None, config=policy, system=system_prompt(cfg.prompt))
