@@ -111,6 +111,14 @@ ALSO_FIELDS = ("method", "memory", "untrained", "prompt_memory_only", "ablate", 
 METHOD_RESETS = {"memory": None, "untrained": False, "ablate": "none", "prompt_memory_only": False}
 
 
+def _flag(f) -> str:
+    name = f.name.replace("_", "-")
+    return f"--no-{name}" if f.default is True else f"--{name}"
+
+
+ALSO_FLAGS = ", ".join(_flag(f) for f in fields(EvalConfig) if f.name in ALSO_FIELDS)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalCommand(EvalConfig):
     """`flashmem eval`: one run, or several on the same questions in one pass (--also)."""
@@ -118,7 +126,7 @@ class EvalCommand(EvalConfig):
     also: list[str] = option(default_factory=list, metavar="'FLAGS'", help=(
         "another run on the same questions in the same pass, given as its own quoted flags that replace this "
         "command's (e.g. '--method vanilla --out v.json'; a new --method starts without a memory); allowed: "
-        + ", ".join("--" + f.replace("_", "-") for f in ALSO_FIELDS) + ". The runs share each batch's prompt "
+        + ALSO_FLAGS + ". The runs share each batch's prompt "
         "prefill, so on long prompts several runs cost little more than one"))
 
 

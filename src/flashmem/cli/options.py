@@ -57,7 +57,7 @@ def _add_field(parser, f: dataclasses.Field, tp: Any, suppress: bool) -> None:
             flag, kwargs["help"] = "--no-" + f.name.replace("_", "-"), "turn off: " + kwargs["help"]
         kwargs.update(action="store_false" if default is True else "store_true", dest=f.name)
     elif typing.get_origin(inner) is list:
-        kwargs.update(nargs="+", type=typing.get_args(inner)[0])
+        kwargs.update(nargs="+", type=typing.get_args(inner)[0], metavar=meta.get("metavar"))
         if default == []:  # repeating the flag adds to the list (a non-empty default is replaced as a whole)
             kwargs["action"] = "extend"
     else:
