@@ -8,6 +8,7 @@
 #   bash results/recall/run.sh train-flashmem|train-memgen|sweep-softprompt|train-softprompt|eval-METHOD
 #   bash results/recall/run.sh eval-pass   (eval-vanilla, -flashmem, -foreign-context, -mean-latents, -softprompt in one pass)
 #   bash results/recall/run.sh check-window|train-cut|eval-cut-RUN|eval-cut-nll-RUN   (the cut experiment, below)
+#   bash results/recall/run.sh train-cut-400|eval-cut400   (the same cut memory trained 4x longer)
 set -euo pipefail
 export OMP_NUM_THREADS=1
 R=results/recall
@@ -32,6 +33,16 @@ case "$1" in
   check-window) mkdir -p $R/eval/cut_c512
     python3 $R/window_check.py recall:context=512,facts=16 28 > $R/eval/cut_c512/window_check.json ;;
   train-cut) train cut_flashmem flashmem 3e-4 100 --data recall:context=512,facts=16 --prompt-window 28 ;;
+  train-cut-400) train cut_flashmem_400 flashmem 3e-4 400 --data recall:context=512,facts=16 --prompt-window 28 --eval-every 50 ;;
+  eval-cut400)  # the 400-step cut memory and its foreign-context ablation in one pass (generation, then NLL);
+    # they pair with eval-cut-vanilla's records
+    E=$R/eval/cut_c512; M=$R/memories/cut_flashmem_400
+    for mode in --no-nll --nll-only; do
+      name=; [ $mode = --nll-only ] && name=nll_
+      flashmem eval --threads 1 --data recall:context=512,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8 \
+        --max-new-tokens 24 $mode --method flashmem --memory $M --out $E/${name}flashmem400.json \
+        --also "--ablate foreign-context --out $E/${name}flashmem400_foreign-context.json"
+    done ;;
   eval-cut-*)  # (before eval-*, which would match it) vanilla, vanilla-whole (no cut), flashmem, foreign-context,
     # flashmem-uncut (the 1,024-token memory trained without the cut, cut at evaluation); eval-cut-nll-RUN: the
     # reference answers' NLL only (--nll-only), paired per question. LIMIT (default 500) from the environment.
