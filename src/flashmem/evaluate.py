@@ -1,4 +1,5 @@
-"""Evaluating one memory method on a question set: `EvalConfig` and `evaluate(cfg)`.
+"""Evaluating memory methods on a question set: `EvalConfig`, `evaluate(cfg)`, and `evaluate_together(cfgs)`
+for several runs in one pass that share each batch's prompt prefill.
 
 Per question: greedy batched generation (left padding, chat template), correctness of the final
 answer, the teacher-forced NLL of the reference answer (memory placed where the trigger fires),
