@@ -8,6 +8,7 @@ from flashmem.backbone import Backbone
 from flashmem.config import GenerationConfig, MemoryConfig
 from flashmem.errors import FlashmemError
 from flashmem.generation import generate
+from flashmem.report import compare_runs
 from flashmem.scoring import find_insertions, score_with_insertions
 from flashmem.testing import tiny_model
 
@@ -133,7 +134,5 @@ def test_train_saves_the_window_and_eval_runs_it_for_the_memory_and_the_plain_mo
     cut, whole = run("plain_cut", "--method", "vanilla", "--prompt-window", "2"), run("plain", "--method", "vanilla")
     assert cut[0]["prompt_window"] == 2 and "prompt_window" not in whole[0]
     assert [r["nll"] for r in cut[1]] != [r["nll"] for r in whole[1]]  # the cut reached the scored NLL too
-    from flashmem.report import compare_runs
-
     labels = [run["label"] for run in compare_runs([tmp_path / f"{n}.json" for n in ("plain", "plain_cut", "flashmem")])["runs"]]
     assert labels == ["vanilla", "vanilla, prompt cut, last 2 kept", "flashmem (mem), prompt cut, last 2 kept"]

@@ -14,6 +14,8 @@ export OMP_NUM_THREADS=1
 R=results/recall
 DATA=recall:context=1024,facts=16
 TRAIN=(--threads 1 --data $DATA --batch-size 4 --eval-every 25 --save-every 10 --seed 0 --max-length 1200)
+# The cut experiment's evaluation: 512-token documents, greedy, 24 new tokens (LIMIT, default 500, from the environment)
+CUT_EVAL=(--threads 1 --data recall:context=512,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8 --max-new-tokens 24)
 done_() { python3 -c "import json,sys; s=json.load(open('$1/checkpoint/state.json')); sys.exit(s['step'] < s['total_steps'])" 2>/dev/null; }
 resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
 train() {  # train FOLDER METHOD LR STEPS [extra]
@@ -39,8 +41,7 @@ case "$1" in
     E=$R/eval/cut_c512; M=$R/memories/cut_flashmem_400
     for mode in --no-nll --nll-only; do
       name=; [ $mode = --nll-only ] && name=nll_
-      flashmem eval --threads 1 --data recall:context=512,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8 \
-        --max-new-tokens 24 $mode --method flashmem --memory $M --out $E/${name}flashmem400.json \
+      flashmem eval "${CUT_EVAL[@]}" $mode --method flashmem --memory $M --out $E/${name}flashmem400.json \
         --also "--ablate foreign-context --out $E/${name}flashmem400_foreign-context.json"
     done ;;
   eval-cut-*)  # (before eval-*, which would match it) vanilla, vanilla-whole (no cut), flashmem, foreign-context,
@@ -48,8 +49,7 @@ case "$1" in
     # reference answers' NLL only (--nll-only), paired per question. LIMIT (default 500) from the environment.
     what=${1#eval-cut-}; mode=--no-nll; name=
     if [[ $what == nll-* ]]; then what=${what#nll-}; mode=--nll-only; name=nll_; fi
-    EVAL=(--threads 1 --data recall:context=512,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8
-          --max-new-tokens 24 $mode)
+    EVAL=("${CUT_EVAL[@]}" $mode)
     E=$R/eval/cut_c512; CUT=(--prompt-window 28)
     case $what in
       vanilla-whole) flashmem eval "${EVAL[@]}" --method vanilla --out $E/${name}vanilla_whole.json ;;
