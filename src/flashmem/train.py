@@ -36,7 +36,7 @@ THRESHOLD_EXAMPLES = 32  # training sequences whose entropies set tau before any
 # and was within 10% of the best (3e-1) on recall (RESULTS.md, "fair controls").
 MEMORY_LR, SOFTPROMPT_LR = 3e-4, 1e-1
 # Fields that may differ on resume because they do not change what is computed.
-FREE_ON_RESUME = {"resume", "minutes", "save_every", "eval_every", "out"}
+FREE_ON_RESUME = {"resume", "minutes", "save_every", "eval_every", "out", "self_batch_size"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +54,8 @@ class TrainConfig(ModelOptions):
     self_samples: int = option(4, "--targets self: samples per question")
     self_max_new_tokens: int = option(256, "--targets self: tokens per sample")
     self_temperature: float = option(0.7, "--targets self: sampling temperature (0: greedy, one sample is enough)")
+    self_batch_size: int = option(16, "--targets self: sequences per generate call (questions x samples); "
+                                      "larger batches decode more tokens per second")
     self_targets_file: str | None = option(None, "--targets self: the samples' cache, shareable between runs "
                                            "(default OUT/self_targets.jsonl)", metavar="FILE.jsonl")
     lr: float | None = option(None, f"peak learning rate (default {MEMORY_LR:g}; {SOFTPROMPT_LR:g} for the soft prompt)")
@@ -90,8 +92,8 @@ class TrainConfig(ModelOptions):
             (self.steps is None or self.epochs is None, "--steps and --epochs exclude each other"),
             (self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.epochs is None or self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),
-            (min(self.batch_size, self.max_length, self.self_samples) >= 1,
-             "--batch-size, --max-length and --self-samples must be >= 1"),
+            (min(self.batch_size, self.max_length, self.self_samples, self.self_batch_size) >= 1,
+             "--batch-size, --max-length, --self-samples and --self-batch-size must be >= 1"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.grad_clip > 0, f"--grad-clip must be > 0, got {self.grad_clip}"),
             (0 <= self.warmup < 1, f"--warmup must be in [0, 1), got {self.warmup}"),
@@ -217,6 +219,7 @@ def load_data(cfg: TrainConfig):
 
 def self_targets(bb, examples, cfg: TrainConfig):
     settings = SelfTargetSettings(samples=cfg.self_samples, max_new_tokens=cfg.self_max_new_tokens, seed=cfg.seed,
+                                  batch_size=cfg.self_batch_size,
                                   temperature=cfg.self_temperature, system=system_prompt(cfg.prompt))
     kept = build_self_targets(bb, examples, cfg.self_targets_file or cfg.out, settings)
     if not kept:
