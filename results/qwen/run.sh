@@ -30,6 +30,20 @@ case "$1" in
     for lr in ${LRS:-1e-3 1e-2 1e-1 3e-1}; do train sweep_softprompt_lr$lr softprompt $lr --steps 30 --eval-every 30; done ;;
   softprompt) train softprompt softprompt "$(python3 results/best_lr.py $R/memories)" ;;
   memgen)    train memgen memgen 3e-4 --budget 2 ;;
-  eval-flashmem) flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --out $R/eval/gsm8k_flashmem.json ;;
+  eval-flashmem)  # the full test set (records resume: after eval-pass it adds items 501-1,319)
+    flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --out $R/eval/gsm8k_flashmem.json ;;
+  eval-pass)  # the first 500 test questions: FlashMem, its two context ablations, the soft prompt and (once
+    # trained) MemGen in one pass (`--also`: each batch's prompts encoded once)
+    M=$R/memories; E=$R/eval
+    ALSO=("--method flashmem --memory $M/flashmem --ablate foreign-context --out $E/gsm8k_flashmem_foreign-context.json"
+          "--method flashmem --memory $M/flashmem --ablate mean-latents --out $E/gsm8k_flashmem_mean-latents.json")
+    done_ $M/softprompt && ALSO+=("--method softprompt --memory $M/softprompt --out $E/gsm8k_softprompt.json")
+    done_ $M/memgen && ALSO+=("--method memgen --memory $M/memgen --out $E/gsm8k_memgen.json")
+    flashmem eval "${MODEL[@]}" "${EVAL[@]}" --limit 500 --method flashmem --memory $M/flashmem \
+      --out $E/gsm8k_flashmem.json --also "${ALSO[@]}" ;;
+  mawps)  # transfer: the first 500 MAWPS test problems, the GSM8K-trained memory against the plain model
+    flashmem eval "${MODEL[@]}" --data mawps --split test --limit 500 --max-new-tokens 512 --batch-size 48 --no-nll \
+      --method vanilla --out $R/eval/mawps_vanilla.json \
+      --also "--method flashmem --memory $R/memories/flashmem --out $R/eval/mawps_flashmem.json" ;;
   *) echo "unknown stage $1"; exit 2 ;;
 esac
