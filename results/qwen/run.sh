@@ -22,7 +22,8 @@ train() {  # train NAME METHOD LR [extra flags]
 # Batch 48: decoding here is bound by reading the weights, so more rows per step cost little (measured on
 # 2026-11-27, one thread: 16 rows 0.60 s a step, 32 rows 0.94 s, 48 rows 1.21 s). The first 33 vanilla
 # records were made at batch 16.
-EVAL=(--data gsm8k --split test --max-new-tokens 512 --batch-size 48 --no-nll)
+DECODE=(--split test --max-new-tokens 512 --batch-size 48 --no-nll)  # every evaluation, GSM8K and MAWPS
+EVAL=(--data gsm8k "${DECODE[@]}")
 case "$1" in
   vanilla)   flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method vanilla --out $R/eval/gsm8k_vanilla.json ;;
   flashmem)  train flashmem flashmem 3e-4 ;;
@@ -42,7 +43,7 @@ case "$1" in
     flashmem eval "${MODEL[@]}" "${EVAL[@]}" --limit 500 --method flashmem --memory $M/flashmem \
       --out $E/gsm8k_flashmem.json --also "${ALSO[@]}" ;;
   mawps)  # transfer: the first 500 MAWPS test problems, the GSM8K-trained memory against the plain model
-    flashmem eval "${MODEL[@]}" --data mawps --split test --limit 500 --max-new-tokens 512 --batch-size 48 --no-nll \
+    flashmem eval "${MODEL[@]}" --data mawps "${DECODE[@]}" --limit 500 \
       --method vanilla --out $R/eval/mawps_vanilla.json \
       --also "--method flashmem --memory $R/memories/flashmem --out $R/eval/mawps_flashmem.json" ;;
   *) echo "unknown stage $1"; exit 2 ;;
