@@ -15,9 +15,10 @@ TRAIN=(--data gsm8k --limit 864 --targets self --self-samples 1 --self-temperatu
        --eval-every 25 --save-every 5 --seed 0)
 done_() { python3 -c "import json,sys; s=json.load(open('$1/checkpoint/state.json')); sys.exit(s['step'] < s['total_steps'])" 2>/dev/null; }
 resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
-train() {  # train NAME METHOD LR [extra flags]
+train() {  # train NAME METHOD LR [extra flags]; the finished weights rounded to bfloat16 (see to_bf16.py)
   local d=$R/memories/$1; shift
   done_ "$d" || flashmem train "${MODEL[@]}" "${TRAIN[@]}" --method "$1" --lr "$2" --out "$d" "${@:3}" $(resume "$d")
+  python3 results/to_bf16.py "$d"
 }
 # Batch 48: decoding here is bound by reading the weights, so more rows per step cost little (measured on
 # 2026-11-27, one thread: 16 rows 0.60 s a step, 32 rows 0.94 s, 48 rows 1.21 s). The first 33 vanilla
@@ -42,6 +43,11 @@ case "$1" in
     done_ $M/memgen && ALSO+=("--method memgen --memory $M/memgen --out $E/gsm8k_memgen.json")
     flashmem eval "${MODEL[@]}" "${EVAL[@]}" --limit 500 --method flashmem --memory $M/flashmem \
       --out $E/gsm8k_flashmem.json --also "${ALSO[@]}" ;;
+  bf16-check)  # rounding to bfloat16 moves nothing: the first 48 test questions again, with the float32 weights
+    # (the last checkpoint's; copied beside the config into a folder git ignores)
+    F=$R/memories/flashmem_fp32; mkdir -p $F
+    cp $R/memories/flashmem/memory_config.json $R/memories/flashmem/checkpoint/memory.safetensors $F/
+    flashmem eval "${MODEL[@]}" "${EVAL[@]}" --limit 48 --method flashmem --memory $F --out $R/eval/gsm8k_flashmem_fp32.json ;;
   mawps)  # transfer: the first 500 MAWPS test problems, the GSM8K-trained memory against the plain model
     flashmem eval "${MODEL[@]}" --data mawps "${DECODE[@]}" --limit 500 \
       --method vanilla --out $R/eval/mawps_vanilla.json \
