@@ -12,7 +12,7 @@ import sys
 
 from safetensors import safe_open
 
-RUNS = ["results/run3/memories", "results/recall/memories"]
+RUNS = ["results/run3/memories", "results/recall/memories", "results/qwen/memories"]
 
 
 def parameters(folder: str) -> int | None:
@@ -26,7 +26,15 @@ def parameters(folder: str) -> int | None:
 def task_of(cfg: dict) -> str:
     """The training data, and the prompt cut when the memory was trained with one."""
     window = (cfg.get("memory") or {}).get("prompt_window")
-    return cfg["data"] + (f", prompt cut (last {window} kept)" if window else "")
+    return (cfg["data"] + (f", prompt cut (last {window} kept)" if window else "")
+            + (", own solutions" if cfg.get("targets") == "self" else ""))
+
+
+def val_note(cfg: dict, record: dict) -> str:
+    """Marks a held-out loss scored on other answers than the run learns: before 2026-11-28 every held-out
+    loss scored the references (logs of then carry no val_targets), even when the run learnt its own solutions."""
+    scored = record.get("val_targets", "reference")
+    return "" if scored == cfg.get("targets", "reference") else f" ({scored}s)"
 
 
 def row(folder: str) -> str | None:
@@ -38,7 +46,8 @@ def row(folder: str) -> str | None:
     steps = {r["step"]: r for r in records}  # a resumed run repeats steps: the last record wins
     cfg = json.load(open(settings))
     last = max(steps)
-    vals = ", ".join(f"{s}: {r['val_loss']:.3f}" for s, r in sorted(steps.items()) if r.get("val_loss") is not None)
+    vals = ", ".join(f"{s}: {r['val_loss']:.3f}{val_note(cfg, r)}" for s, r in sorted(steps.items())
+                     if r.get("val_loss") is not None)
     minutes = steps[last].get("elapsed", 0.0) / 60
     status = "" if cfg["steps"] is None or last >= cfg["steps"] else f" (of {cfg['steps']})"
     n = parameters(folder)

@@ -96,7 +96,8 @@ def test_train_writes_memory_log_and_threshold(assets, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "threshold:" in err and "85th percentile" in err and "done: step 2/2" in err
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert set(records[0]) == {"step", "threshold", "val_loss"} and records[0]["threshold"] > 0
+    assert set(records[0]) == {"step", "threshold", "val_loss", "val_targets"} and records[0]["threshold"] > 0
+    assert records[0]["val_targets"] == "reference"
     assert [r["step"] for r in records] == [0, 1, 2]
     assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed"} <= set(records[1])
     assert "val_loss" in records[2] and records[1]["lr"] > 0
@@ -278,3 +279,19 @@ def main_help(command: str) -> str:
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
         main([command, "-h"])
     return buf.getvalue()
+
+
+def test_self_targets_hold_out_the_same_kind_of_answer(assets, tmp_path, monkeypatch, capsys):
+    """With --targets self the held-out loss scores the held-out questions' own correct solutions, not
+    their references (which would reward the learning rate that moves the model least)."""
+    model, _ = assets
+    rows = [{"question": f"What is {a} + {5 - a}?", "answer": "#### 5"} for a in range(4)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    monkeypatch.setattr(targets, "generate", _fake_generate(load_backbone(str(model)).tokenizer, []))
+    out = tmp_path / "run"
+    assert train(model, data, out, "--steps", 1, "--val-size", 2, "--eval-every", 1, "--targets", "self",
+                 "--self-samples", 2, "--threshold", 1.0) == 0
+    assert capsys.readouterr().err.count("kept 2 of 4 samples (2 of 2 questions solved") == 2  # train, then held out
+    assert len((out / "self_targets.jsonl").read_text().splitlines()) == 4
+    vals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert [r["step"] for r in vals] == [0, 1] and all(r["val_targets"] == "self" for r in vals)

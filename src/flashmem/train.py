@@ -119,6 +119,9 @@ def train(cfg: TrainConfig) -> int:
     if cfg.targets == "self":
         with acc.main_process_first():  # the others then read the finished cache
             train_ex = self_targets(bb, train_ex, cfg)
+            # Held out the same way: the held-out questions' own correct solutions. Their references would
+            # score drift from the dataset's style, and a learning-rate sweep would pick the rate that moves least.
+            val_ex = self_targets(bb, val_ex, cfg, required=False) if val_ex else []
     system = system_prompt(cfg.prompt)
     train_seqs = encode_examples(bb.tokenizer, train_ex, cfg.max_length, cfg.on_bad_data, source, system)
     val_seqs = encode_examples(bb.tokenizer, val_ex, cfg.max_length, "skip", source, system) if val_ex else []
@@ -217,12 +220,12 @@ def load_data(cfg: TrainConfig):
     return train_ex, val_ex, report.path
 
 
-def self_targets(bb, examples, cfg: TrainConfig):
+def self_targets(bb, examples, cfg: TrainConfig, required: bool = True):
     settings = SelfTargetSettings(samples=cfg.self_samples, max_new_tokens=cfg.self_max_new_tokens, seed=cfg.seed,
                                   batch_size=cfg.self_batch_size,
                                   temperature=cfg.self_temperature, system=system_prompt(cfg.prompt))
     kept = build_self_targets(bb, examples, cfg.self_targets_file or cfg.out, settings)
-    if not kept:
+    if not kept and required:
         raise FlashmemError("--targets self: the backbone solved none of the training questions; "
                             "use --targets reference or more --self-samples")
     return kept

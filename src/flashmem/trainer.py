@@ -127,6 +127,10 @@ class Trainer:
                           insertions / len(batch), stop > 0)
 
     @torch.no_grad()
+    def validation_record(self) -> dict:
+        """The held-out loss for the log, with what it scored (--targets: references or own solutions)."""
+        return {"val_loss": self.validation_loss(), "val_targets": self.cfg.targets}
+
     def validation_loss(self) -> float:
         """Mean answer NLL per token on the held-out split (memory placed by the trigger, no grad)."""
         nll, tokens = 0.0, 0
@@ -218,7 +222,7 @@ class Trainer:
             if self.step == 0:
                 start_record = {"step": 0, "threshold": self.policy.threshold}
                 if self.val and self.cfg.eval_every:
-                    start_record["val_loss"] = self.validation_loss()
+                    start_record.update(self.validation_record())
                 self.log(start_record)
             while self.step < self.total:
                 t0 = time.monotonic()
@@ -233,7 +237,7 @@ class Trainer:
                 # Every eval_every steps, and at the end (last step or --minutes, not a signal: that must be quick).
                 last = self.step == self.total or (result.stop and self.stop_signal is None)
                 if self.val and self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or last):
-                    record["val_loss"] = self.validation_loss()
+                    record.update(self.validation_record())
                 self.log(record)
                 bar.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}",
                                 **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
