@@ -1,8 +1,8 @@
 """Round a trained memory's weights to bfloat16, in place, so that it fits the commit size (~40 MB).
 
-Qwen2.5-Coder-0.5B's consolidator has 14.7M parameters: 59 MB in float32, 29 MB in bfloat16. Run this
-right after training and before any evaluation, so every published number comes from the committed
-file (its digest is in each eval record's identity); `flashmem` loads it back into the backbone's dtype.
+Qwen2.5-Coder-0.5B's consolidator has 17.1M trainable parameters: 68 MB in float32, 34 MB in
+bfloat16. Run this right after training and before any evaluation, so every published number comes
+from the committed file (its digest is in each eval record's identity); `flashmem` loads it back into the backbone's dtype.
 The float32 weights stay in the folder's checkpoint/ (not committed) for the check that rounding moves
 nothing: the same questions evaluated with both.
 
