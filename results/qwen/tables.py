@@ -16,18 +16,18 @@ RUNS = {"gsm8k": ["vanilla", "flashmem", "flashmem_foreign-context", "flashmem_m
 
 def section(data: str, names: list[str]) -> str:
     files = {n: E / f"{data}_{n}.records.jsonl" for n in names}
-    files = {n: f for n, f in files.items() if f.is_file() and len(read_records(f)[1])}
-    if not files:
+    runs = {n: read_records(f) for n, f in files.items() if f.is_file()}  # name: (header, records)
+    runs = {n: run for n, run in runs.items() if run[1]}
+    if not runs:
         return f"## {data}\n\nno records yet\n"
     summaries = []
-    for name, path in files.items():
-        header, records = read_records(path)
+    for name, (header, records) in runs.items():
         summary = summarize(records, header["settings"])
         summary["settings"] = {**summary["settings"], "method": name}  # the ablation in the row's name
         summaries.append(summary)
     parts = [f"## {data}\n", "Each run on the questions it has answered so far:\n", results_table(summaries)]
-    if "flashmem" in files:
-        for name in (n for n in files if n != "flashmem"):
+    if "flashmem" in runs:
+        for name in (n for n in runs if n != "flashmem"):
             parts += [f"\n### flashmem - {name}\n", comparison_markdown(compare_runs([files[name], files["flashmem"]]))]
     return "\n".join(parts) + "\n"
 

@@ -126,11 +126,11 @@ class Trainer:
         return StepResult(nll / answer_tokens, float(grad_norm), sum(s.n_tokens for s in batch), answer_tokens,
                           insertions / len(batch), stop > 0)
 
-    @torch.no_grad()
     def validation_record(self) -> dict:
         """The held-out loss for the log, with what it scored (--targets: references or own solutions)."""
         return {"val_loss": self.validation_loss(), "val_targets": self.cfg.targets}
 
+    @torch.no_grad()
     def validation_loss(self) -> float:
         """Mean answer NLL per token on the held-out split (memory placed by the trigger, no grad)."""
         nll, tokens = 0.0, 0
