@@ -3,9 +3,11 @@
 # Every stage resumes where it stopped (training checkpoints, eval records); run the same line again.
 #   bash results/qwen/run.sh STAGE       (stages below, in the order they were run)
 set -euo pipefail
-export OMP_NUM_THREADS=1
+# THREADS=2 gives one stage both cores (used to finish FlashMem's training inside a session).
+THREADS=${THREADS:-1}
+export OMP_NUM_THREADS=$THREADS
 R=results/qwen
-MODEL=(--model qwen2.5-coder-0.5b --threads 1 --prompt boxed)
+MODEL=(--model qwen2.5-coder-0.5b --threads $THREADS --prompt boxed)
 # Training: GSM8K train, first 864 rows (800 to learn from, 64 held out), the model's own greedy correct
 # solutions as targets (collected once, shared by every method), 100 steps of 4, K=8, prompt-end memory +
 # at most 2 triggered insertions (FlashMem and the soft prompt: monitor, gap 24; MemGen: delimiters, budget 2).
