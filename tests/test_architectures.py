@@ -20,6 +20,8 @@ PUBLISHED = {
     "llama3.2-3b": (3.21e9, None),
     "qwen3-4b": (4.0e9, 3.6e9),
     "smollm2-135m": (135e6, None),
+    # The card's 0.49B ties the head; the alias's GGUF has its own (+136M), and so does this entry.
+    "qwen2.5-coder-0.5b": (0.63e9, 0.36e9),
 }
 # Small enough for a CPU forward in milliseconds; head_dim set for the families that store it.
 TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,

@@ -119,6 +119,24 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         overrides=_LONG_CONTEXT,
     ),
+    "qwen2.5-coder-0.5b": Architecture(
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        published_params="0.49B (0.36B non-embedding); 0.63B as the alias loads it (untied lm_head)",
+        config=dict(
+            model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+            num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+            max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-06,
+            tie_word_embeddings=False, hidden_act="silu",
+        ),
+        # Untied on purpose: the `qwen2.5-coder-0.5b` alias (a GGUF with its own output matrix)
+        # loads an lm_head apart from the embeddings, and this entry is there to time that model.
+        source=(
+            "config.json that the `qwen2.5-coder-0.5b` alias writes when it converts its GGUF "
+            "(~/.cache/flashmem/qwen2.5-coder-0.5b/config.json: 24 layers, hidden 896, 14 heads / 2 "
+            "KV heads, intermediate 4864, vocabulary 151,936, rope theta 1e6, tie_word_embeddings "
+            "false); the upstream model ties its head (0.49B), the GGUF does not."
+        ),
+    ),
     "smollm2-135m": Architecture(
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         published_params="135M",
