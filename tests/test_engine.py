@@ -337,3 +337,30 @@ def test_length_normalised_entropy_is_the_raw_one_over_log_n_and_stays_consisten
     assert found.insertions == res.traces[0].consolidations and found.insertions
     assert abs(found.nll.item() + res.logprobs.sum().item()) < 1e-4
     assert all(0 <= e <= 1 for e in res.traces[0].entropy)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_consolidation_for_some_rows_runs_only_those_rows_and_changes_no_answer(family, monkeypatch):
+    # forward_rows gives the firing rows the same numbers as a whole-batch forward (up to float
+    # rounding) and the other rows masked slots, so decoding writes the same tokens either way.
+    model = tiny_model(family)
+    bb = Backbone(model)
+    ids, mask = padded_batch(model.config.vocab_size, seed=3)
+    memory = firing_memory(bb, threshold=2.0, budget=4)
+    gen = GenerationConfig(max_new_tokens=16, compact=False)
+    subsets = []  # rows each subset forward ran
+    real = Backbone.forward_rows
+
+    def counted(self, embeds, cache, positions, mask_, index):
+        out = real(self, embeds, cache, positions, mask_, index)
+        subsets.append(len(index) if out is not None else None)
+        return out
+
+    monkeypatch.setattr(Backbone, "forward_rows", counted)
+    fast = generate(bb, ids, mask, memory, gen, keep_logits=True)
+    monkeypatch.setattr(Backbone, "forward_rows", lambda *a: None)  # the whole-batch forward, as before
+    whole = generate(bb, ids, mask, memory, gen, keep_logits=True)
+    assert subsets and None not in subsets and max(subsets) < ids.shape[0]  # part of the batch, never the fallback
+    assert fast.tokens == whole.tokens
+    assert [t.consolidations for t in fast.traces] == [t.consolidations for t in whole.traces]
+    assert torch.allclose(torch.stack(fast.step_logits), torch.stack(whole.step_logits), atol=1e-4)

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .errors import FlashmemError
 
@@ -30,6 +31,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 LORA_TARGETS = ("q_proj", "v_proj")
 # A layer copy that reads the frozen cache must not make keys/values of its own.
 _KV_PARTS = ("k_proj", "v_proj", "k_norm")
+# Cache layers whose rows forward_rows may run apart: plain growing ones and sliding windows.
+_ROW_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 _FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"  # transformers' switch (integrations/sdpa_attention.py)
 
 
@@ -193,6 +196,30 @@ class Backbone:
             query = _project_query(attn, captured["hidden_states"], cos, sin, self.head_dim)
         return StepOutput(logits=logits, hidden=hidden, query=query)
 
+    def forward_rows(self, embeds: torch.Tensor, cache: DynamicCache, positions: torch.Tensor, mask: torch.Tensor,
+                     index: torch.Tensor) -> StepOutput | None:
+        """forward() computed for the batch rows `index` (R,) only; the other rows' Q new slots hold zeros
+        (their mask must mark them unreal, so nothing reads them). Arguments are the whole batch's; the
+        cache grows by Q slots for every row.
+
+        A consolidation that fires for one row of 48 would otherwise run all 48 through every layer.
+        Outputs are (B, ...) with zeros outside `index`. None when a layer is another kind (quantized,
+        static, indexed): the caller runs the whole batch instead."""
+        layers = cache.layers
+        if not layers or any(type(layer) not in _ROW_LAYERS or not layer.is_initialized for layer in layers):
+            return None
+        part = copy.copy(cache)  # same settings; its own layer objects over the selected rows' copies
+        part.layers = []
+        for layer in layers:
+            piece = copy.copy(layer)  # a sliding window's length and size come along
+            piece.keys, piece.values = layer.keys[index], layer.values[index]
+            part.layers.append(piece)
+        out = self.forward(embeds[index], part, positions[index], mask[index])
+        q, b = embeds.shape[1], embeds.shape[0]
+        for layer, piece in zip(layers, part.layers):  # update(): each layer type appends (and slides) its own way
+            layer.update(_rows_into(piece.keys[:, :, -q:], index, b), _rows_into(piece.values[:, :, -q:], index, b))
+        return StepOutput(logits=_rows_into(out.logits, index, b), hidden=_rows_into(out.hidden, index, b), query=None)
+
     def rotary(self, like: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for positions (B, Q): (B, Q, D) in like's dtype."""
         return self._decoder.rotary_emb(like, position_ids=positions)
@@ -248,6 +275,11 @@ class Backbone:
     def identity(self) -> dict[str, Any]:
         """Architecture summary plus a 16-hex fingerprint of config and a few weight slices."""
         return model_identity(self.model, self.name)
+
+
+def _rows_into(rows: torch.Tensor, index: torch.Tensor, b: int) -> torch.Tensor:
+    """A (B, ...) tensor of zeros with `rows` (R, ...) at batch rows `index`."""
+    return rows.new_zeros(b, *rows.shape[1:]).index_copy(0, index, rows)
 
 
 def _project_query(attn: nn.Module, normed: torch.Tensor, cos, sin, head_dim: int) -> torch.Tensor:

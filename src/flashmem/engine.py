@@ -137,7 +137,12 @@ def forward_chunk(bb: Backbone, state: DecodeState, embeds: torch.Tensor, rows: 
     positions = state.positions[:, None] + torch.arange(q, device=embeds.device)[None, :]
     state.mask = torch.cat([state.mask, new_mask], dim=1)
     state.sinks = torch.cat([state.sinks, torch.zeros_like(new_mask, dtype=torch.bool)], dim=1)
-    out = bb.forward(embeds, state.cache, positions, state.mask, want_query=want_query, all_logits=all_logits)
+    out = None
+    if real is not None and any(rows) and not (want_query or all_logits):  # a consolidation for some rows: only they run
+        index = torch.tensor([r for r, fire in enumerate(rows) if fire], device=embeds.device)
+        out = bb.forward_rows(embeds, state.cache, positions, state.mask, index)
+    if out is None:
+        out = bb.forward(embeds, state.cache, positions, state.mask, want_query=want_query, all_logits=all_logits)
     state.positions = state.positions + (q if real is None else q * real)
     state.next_positions = [p + q * r for p, r in zip(state.next_positions, rows)]
     if state.inputs is not None:
