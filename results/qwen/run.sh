@@ -54,5 +54,13 @@ case "$1" in
     flashmem eval "${MODEL[@]}" --data mawps "${DECODE[@]}" --limit 500 \
       --method vanilla --out $R/eval/mawps_vanilla.json \
       --also "--method flashmem --memory $R/memories/flashmem --out $R/eval/mawps_flashmem.json" ;;
+  bench)  # issue 12's speed table on the CPU, as for SmolLM2 (results/bench/run.sh): 1k with MemGen, 4k
+    # without (a MemGen run would re-encode 4k tokens 8 times on one thread); the paper schedule, 256 new
+    # tokens, 3 repeats, the trained FlashMem memory
+    for ctx in 1024 4096; do
+      methods=vanilla,flashmem; [ $ctx = 1024 ] && methods=vanilla,flashmem,memgen
+      flashmem bench --model qwen2.5-coder-0.5b --threads $THREADS --memory $R/memories/flashmem --methods $methods \
+        --contexts $ctx --schedules paper --new-tokens 256 --repeats 3 --no-memory-workers --out $R/bench_cpu_$ctx.json
+    done ;;
   *) echo "unknown stage $1"; exit 2 ;;
 esac
