@@ -6,7 +6,8 @@
 # gap, so every memory here is the prompt-end one: what it reads from the document is all it can add.
 # Resumable: rerun the same line.
 #   bash results/recall/run.sh train-flashmem|train-memgen|sweep-softprompt|train-softprompt|eval-METHOD
-#   bash results/recall/run.sh eval-pass   (eval-vanilla, -flashmem, -foreign-context, -mean-latents, -softprompt in one pass)
+#   bash results/recall/run.sh eval-pass   (eval-vanilla, -flashmem, -foreign-context, -mean-latents, -softprompt in one pass;
+#                                           MemGen too once trained, unless NO_MEMGEN=1)
 #   bash results/recall/run.sh check-window|train-cut|eval-cut-RUN|eval-cut-nll-RUN   (the cut experiment, below)
 #   bash results/recall/run.sh train-cut-400|eval-cut400   (the same cut memory trained 4x longer)
 set -euo pipefail
@@ -78,7 +79,8 @@ case "$1" in
               "--method flashmem --memory $M/flashmem --ablate foreign-context --out $E/flashmem_foreign-context.json"
               "--method flashmem --memory $M/flashmem --ablate mean-latents --out $E/flashmem_mean-latents.json"
               "--method softprompt --memory $M/softprompt --out $E/softprompt.json")
-        if done_ $M/memgen; then ALSO+=("--method memgen --memory $M/memgen --out $E/memgen.json"); fi
+        # NO_MEMGEN=1 leaves MemGen out (at 2,048 tokens it costs more than the other five together; its records resume later)
+        if [ -z "${NO_MEMGEN:-}" ] && done_ $M/memgen; then ALSO+=("--method memgen --memory $M/memgen --out $E/memgen.json"); fi
         flashmem eval "${EVAL[@]}" --method vanilla --out $E/vanilla.json --also "${ALSO[@]}" ;;
       foreign-context|mean-latents)
         flashmem eval "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --ablate $what --out $E/flashmem_$what.json ;;
