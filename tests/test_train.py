@@ -235,6 +235,33 @@ def test_self_targets_keep_correct_and_resume(assets, tmp_path, monkeypatch, cap
     assert [e.answer for e in kept] == ["2 + 3 = 5\n#### 5"] * 2
 
 
+def test_self_reuse_samples_only_what_an_earlier_collection_did_not_solve(assets, tmp_path, monkeypatch):
+    """--self-reuse: solved questions keep the earlier solutions (marked), only unsolved ones are sampled."""
+    model, _ = assets
+    bb = load_backbone(str(model))
+    rows = [{"question": "What is 2 + 3?", "answer": "#### 5"}, {"question": "What is 1 + 4?", "answer": "#### 5"},
+            {"question": "What is 0 + 5?", "answer": "#### 5"}]
+    from flashmem.data import load_examples
+    examples, _ = load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+    greedy = tmp_path / "greedy.jsonl"
+    greedy.write_text(json.dumps({"key": targets._key(examples[0]), "tried": 1, "kept": ["greedy\n#### 5"]}) + "\n"
+                      + json.dumps({"key": targets._key(examples[1]), "tried": 1, "kept": []}) + "\n")
+    calls = []
+    monkeypatch.setattr(targets, "generate", _fake_generate(bb.tokenizer, calls))
+    out = tmp_path / "sampled.jsonl"
+    kept = targets.build_self_targets(bb, examples, out, targets.SelfTargetSettings(samples=2, reuse=str(greedy)))
+    assert calls == [4]  # questions 2 and 3 only, two samples each
+    cache = [json.loads(line) for line in out.read_text().splitlines()]
+    assert cache[0]["reused"] == str(greedy) and cache[0]["kept"] == ["greedy\n#### 5"]
+    assert "reused" not in cache[1] and "reused" not in cache[2]
+    assert [e.answer for e in kept] == ["greedy\n#### 5"] + ["2 + 3 = 5\n#### 5"] * 2
+    with pytest.raises(FlashmemError, match="not found"):
+        targets.build_self_targets(bb, examples, tmp_path / "x.jsonl",
+                                   targets.SelfTargetSettings(reuse=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(FlashmemError, match="own targets file"):
+        targets.build_self_targets(bb, examples, greedy, targets.SelfTargetSettings(reuse=str(greedy)))
+
+
 def test_held_out_loss_is_also_taken_at_the_last_step(assets, tmp_path):
     model, data = assets
     out = tmp_path / "run"

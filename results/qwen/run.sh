@@ -34,6 +34,11 @@ case "$1" in
     for lr in ${LRS:-1e-3 1e-2 1e-1 3e-1}; do train sweep_softprompt_lr$lr softprompt $lr --steps 30 --eval-every 30; done ;;
   softprompt) train softprompt softprompt "$(python3 results/best_lr.py $R/memories)" ;;
   memgen)    train memgen memgen 3e-4 --budget 2 ;;
+  flashmem-sampled)  # targets greedy decoding misses (the greedy ones are all its argmax already,
+    # benchmarks/heldout_plain.py): questions solved greedily keep that solution, the others get 4 samples at
+    # temperature 0.7, kept when correct (collected first into their own file, resumable), then the same training
+    train flashmem_sampled flashmem 3e-4 --self-samples 4 --self-temperature 0.7 \
+      --self-targets-file $R/self_targets_sampled.jsonl --self-reuse $R/self_targets.jsonl ;;
   eval-flashmem)  # the full test set (records resume: after eval-pass it adds items 501-1,319)
     flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --out $R/eval/gsm8k_flashmem.json ;;
   eval-pass)  # the first 500 test questions: FlashMem, its two context ablations, the soft prompt and (once
@@ -43,6 +48,7 @@ case "$1" in
           "--method flashmem --memory $M/flashmem --ablate mean-latents --out $E/gsm8k_flashmem_mean-latents.json")
     done_ $M/softprompt && ALSO+=("--method softprompt --memory $M/softprompt --out $E/gsm8k_softprompt.json")
     done_ $M/memgen && ALSO+=("--method memgen --memory $M/memgen --out $E/gsm8k_memgen.json")
+    done_ $M/flashmem_sampled && ALSO+=("--method flashmem --memory $M/flashmem_sampled --out $E/gsm8k_flashmem_sampled.json")
     flashmem eval "${MODEL[@]}" "${EVAL[@]}" --limit 500 --method flashmem --memory $M/flashmem \
       --out $E/gsm8k_flashmem.json --also "${ALSO[@]}" ;;
   bf16-check)  # rounding to bfloat16 moves nothing: the first 48 test questions again, with the float32 weights

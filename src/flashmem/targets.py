@@ -6,6 +6,11 @@ reasoning avoids that. Each training question is sampled a few times from the pl
 (memory off, temperature ~0.7, batched); a sample is kept when its final answer is correct.
 Results go to OUT/self_targets.jsonl one question per line as they are produced, so a rerun picks
 up where the last one stopped (a torn last line is ignored and redone).
+
+A model's greedy solutions are text it already writes: every token is its argmax, so learning them can
+at best leave it as it is. `reuse` (`--self-reuse FILE`) starts from an earlier collection: the questions
+it solved keep those solutions (copied, marked `reused`), and only the ones it failed are sampled, so the
+targets hold correct solutions the model reaches only by sampling.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from .answers import is_correct
 from .backbone import Backbone
 from .config import GenerationConfig
 from .data import Example
+from .errors import FlashmemError
 from .generation import generate
 from .prompts import encode_prompts
 
@@ -35,6 +41,7 @@ class SelfTargetSettings:
     batch_size: int = 16  # sequences per generate call (questions x samples)
     seed: int = 0
     system: str | None = None  # the system prompt the questions are asked with
+    reuse: str | None = None  # an earlier collection whose solved questions keep their solutions
 
 
 def _key(example: Example) -> str:
@@ -61,6 +68,20 @@ def _append(path: Path, records: list[dict]) -> None:
             handle.write(json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _reuse_solved(path: Path, todo: list[Example], earlier: Path, done: dict[str, dict]) -> list[Example]:
+    """Copy into this collection the questions an earlier one solved; the rest are left to sample."""
+    if not earlier.is_file():
+        raise FlashmemError(f"--self-reuse: {earlier} not found")
+    if earlier.resolve() == path.resolve():
+        raise FlashmemError(f"--self-reuse: {earlier} is this run's own targets file; pass another --self-targets-file")
+    solved = read_cache(earlier)
+    copied = [dict(solved[_key(ex)], reused=str(earlier)) for ex in todo if solved.get(_key(ex), {}).get("kept")]
+    if copied:
+        _append(path, copied)
+        done.update((r["key"], r) for r in copied)
+    return [ex for ex in todo if _key(ex) not in done]
 
 
 def _sample_batch(bb: Backbone, questions: list[Example], cfg: SelfTargetSettings, seed: int) -> list[dict]:
@@ -93,6 +114,8 @@ def build_self_targets(bb: Backbone, examples: list[Example], out: str | Path, c
         with path.open("a") as handle:  # a torn last line: start the next record on a fresh line
             handle.write("\n")
     todo = [ex for ex in examples if _key(ex) not in done]
+    if cfg.reuse:
+        todo = _reuse_solved(path, todo, Path(cfg.reuse), done)
     per_call = max(1, cfg.batch_size // cfg.samples)
     from tqdm import tqdm
     bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="self targets", file=sys.stderr,

@@ -58,6 +58,9 @@ class TrainConfig(ModelOptions):
                                       "larger batches decode more tokens per second")
     self_targets_file: str | None = option(None, "--targets self: the samples' cache, shareable between runs "
                                            "(default OUT/self_targets.jsonl)", metavar="FILE.jsonl")
+    self_reuse: str | None = option(None, "--targets self: an earlier collection whose solved questions keep their "
+                                    "solutions; only its unsolved ones are sampled (targets greedy decoding misses)",
+                                    metavar="FILE.jsonl")
     lr: float | None = option(None, f"peak learning rate (default {MEMORY_LR:g}; {SOFTPROMPT_LR:g} for the soft prompt)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     batch_size: int = option(4, "examples per optimiser step")
@@ -223,7 +226,8 @@ def load_data(cfg: TrainConfig):
 def self_targets(bb, examples, cfg: TrainConfig, required: bool = True):
     settings = SelfTargetSettings(samples=cfg.self_samples, max_new_tokens=cfg.self_max_new_tokens, seed=cfg.seed,
                                   batch_size=cfg.self_batch_size,
-                                  temperature=cfg.self_temperature, system=system_prompt(cfg.prompt))
+                                  temperature=cfg.self_temperature, system=system_prompt(cfg.prompt),
+                                  reuse=cfg.self_reuse)
     kept = build_self_targets(bb, examples, cfg.self_targets_file or cfg.out, settings)
     if not kept and required:
         raise FlashmemError("--targets self: the backbone solved none of the training questions; "
