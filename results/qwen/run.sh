@@ -15,7 +15,7 @@ TRAIN=(--data gsm8k --limit 864 --targets self --self-samples 1 --self-temperatu
        --self-batch-size 48
        --self-targets-file $R/self_targets.jsonl --max-length 768 --on-bad-data skip --steps 100 --batch-size 4
        --eval-every 25 --save-every 5 --seed 0)
-done_() { python3 -c "import json,sys; s=json.load(open('$1/checkpoint/state.json')); sys.exit(s['step'] < s['total_steps'])" 2>/dev/null; }
+done_() { python3 results/done.py "$1"; }  # finished: its checkpoint, or a committed log, says so
 resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
 train() {  # train NAME METHOD LR [extra flags]; the finished weights rounded to bfloat16 (see to_bf16.py)
   local d=$R/memories/$1; shift

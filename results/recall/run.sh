@@ -17,7 +17,7 @@ DATA=recall:context=1024,facts=16
 TRAIN=(--threads 1 --data $DATA --batch-size 4 --eval-every 25 --save-every 10 --seed 0 --max-length 1200)
 # The cut experiment's evaluation: 512-token documents, greedy, 24 new tokens (LIMIT, default 500, from the environment)
 CUT_EVAL=(--threads 1 --data recall:context=512,facts=16 --split test --limit ${LIMIT:-500} --batch-size 8 --max-new-tokens 24)
-done_() { python3 -c "import json,sys; s=json.load(open('$1/checkpoint/state.json')); sys.exit(s['step'] < s['total_steps'])" 2>/dev/null; }
+done_() { python3 results/done.py "$1"; }  # finished: its checkpoint, or a committed log, says so
 resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
 train() {  # train FOLDER METHOD LR STEPS [extra]
   local d=$R/memories/$1

@@ -13,7 +13,7 @@ export OMP_NUM_THREADS=1
 OUT=results/run3/memories
 COMMON=(--threads 1 --data gsm8k --steps 100 --batch-size 4 --eval-every 25 --save-every 10 --seed 0)
 # done: the checkpoint reached its last step; resume: a checkpoint exists (an interrupted run saves one).
-done_() { python3 -c "import json,sys; s=json.load(open('$1/checkpoint/state.json')); sys.exit(s['step'] < s['total_steps'])" 2>/dev/null; }
+done_() { python3 results/done.py "$1"; }  # finished: its checkpoint, or a committed log, says so
 resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
 case "$1" in
   flashmem)
