@@ -12,8 +12,8 @@ set -euo pipefail
 export OMP_NUM_THREADS=1
 OUT=results/run3/memories
 COMMON=(--threads 1 --data gsm8k --steps 100 --batch-size 4 --eval-every 25 --save-every 10 --seed 0)
-# done: the checkpoint reached its last step; resume: a checkpoint exists (an interrupted run saves one).
-done_() { python3 results/done.py "$1"; }  # finished: its checkpoint, or a committed log, says so
+# done: the run reached its last step (results/done.py); resume: a checkpoint exists (an interrupted run saves one).
+done_() { python3 results/done.py "$1"; }
 resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
 case "$1" in
   flashmem)
