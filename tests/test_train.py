@@ -223,7 +223,9 @@ def test_self_targets_keep_correct_and_resume(assets, tmp_path, monkeypatch, cap
     out = tmp_path / "run"
     assert train(model, data, out, "--steps", 1, "--val-size", 0, "--targets", "self", "--self-samples", 2,
                  "--self-batch-size", 4, "--threshold", 1.0) == 0
-    assert "kept 2 of 6 samples (2 of 3 questions solved" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "kept 2 of 6 samples (2 of 3 questions solved" in err
+    assert "self targets: 100%" in err and "3/3" in err  # progress reaches a log file, not only a terminal
     cache = [json.loads(line) for line in (out / "self_targets.jsonl").read_text().splitlines()]
     assert [len(r["kept"]) for r in cache] == [1, 0, 1]
     assert calls == [4, 2]  # --self-batch-size 4: two questions of two samples per generate call

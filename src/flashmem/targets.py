@@ -118,8 +118,8 @@ def build_self_targets(bb: Backbone, examples: list[Example], out: str | Path, c
         todo = _reuse_solved(path, todo, Path(cfg.reuse), done)
     per_call = max(1, cfg.batch_size // cfg.samples)
     from tqdm import tqdm
-    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="self targets", file=sys.stderr,
-               disable=not sys.stderr.isatty() and os.environ.get("FLASHMEM_PROGRESS") != "1")
+    # Shown in log files too, like train's and eval's bars: collection runs for hours in the background.
+    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="self targets", unit="q", file=sys.stderr)
     with torch.no_grad():
         for start in range(0, len(todo), per_call):
             batch = todo[start:start + per_call]
