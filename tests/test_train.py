@@ -246,8 +246,9 @@ def test_self_reuse_samples_only_what_an_earlier_collection_did_not_solve(assets
     from flashmem.data import load_examples
     examples, _ = load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
     greedy = tmp_path / "greedy.jsonl"
-    greedy.write_text(json.dumps({"key": targets._key(examples[0]), "tried": 1, "kept": ["greedy\n#### 5"]}) + "\n"
-                      + json.dumps({"key": targets._key(examples[1]), "tried": 1, "kept": []}) + "\n")
+    key = targets.question_key
+    greedy.write_text(json.dumps({"key": key(examples[0]), "tried": 1, "kept": ["greedy\n#### 5"]}) + "\n"
+                      + json.dumps({"key": key(examples[1]), "tried": 1, "kept": []}) + "\n")
     calls = []
     monkeypatch.setattr(targets, "generate", _fake_generate(bb.tokenizer, calls))
     out = tmp_path / "sampled.jsonl"
@@ -262,6 +263,31 @@ def test_self_reuse_samples_only_what_an_earlier_collection_did_not_solve(assets
                                    targets.SelfTargetSettings(reuse=str(tmp_path / "missing.jsonl")))
     with pytest.raises(FlashmemError, match="own targets file"):
         targets.build_self_targets(bb, examples, greedy, targets.SelfTargetSettings(reuse=str(greedy)))
+
+
+def test_a_stopped_collection_resumes_with_the_same_calls_and_seeds(assets, tmp_path, monkeypatch):
+    """Calls (questions, seed) depend only on what is left, so a collection stopped between calls and resumed
+    samples exactly what an uninterrupted one does (results/qwen/collect_shards.py splits on this)."""
+    model, _ = assets
+    bb = load_backbone(str(model))
+    from flashmem.data import load_examples
+    rows = [{"question": f"What is {i} + 5?", "answer": f"#### {i + 5}"} for i in range(5)]
+    examples, _ = load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+    fake, seeds = _fake_generate(bb.tokenizer, []), []
+
+    def seeded(bb, ids, mask, memory, gen, **kw):
+        seeds.append(gen.seed)
+        return fake(bb, ids, mask, memory, gen, **kw)
+
+    monkeypatch.setattr(targets, "generate", seeded)
+    settings = targets.SelfTargetSettings(samples=2, batch_size=4, seed=3)
+    targets.build_self_targets(bb, examples, tmp_path / "whole.jsonl", settings)
+    whole = list(seeds)
+    seeds.clear()
+    targets.build_self_targets(bb, examples[:2], tmp_path / "resumed.jsonl", settings)  # stopped after one call
+    targets.build_self_targets(bb, examples, tmp_path / "resumed.jsonl", settings)
+    assert len(whole) == 3 and len(set(whole)) == 3  # two questions a call; each call its own seed
+    assert seeds == whole
 
 
 def test_held_out_loss_is_also_taken_at_the_last_step(assets, tmp_path):

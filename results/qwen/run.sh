@@ -39,6 +39,9 @@ case "$1" in
     # temperature 0.7, kept when correct (collected first into their own file, resumable), then the same training
     train flashmem_sampled flashmem 3e-4 --self-samples 4 --self-temperature 0.7 \
       --self-targets-file $R/self_targets_sampled.jsonl --self-reuse $R/self_targets.jsonl ;;
+  collect-0|collect-1)  # flashmem-sampled's collection split over both cores: shard 0 or 1 of 2, then `merge`
+    python3 results/qwen/collect_shards.py sample "${1#collect-}" 2 ;;
+  merge) python3 results/qwen/collect_shards.py merge ;;
   eval-flashmem)  # the full test set (records resume: after eval-pass it adds items 501-1,319)
     flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method flashmem --memory $R/memories/flashmem --out $R/eval/gsm8k_flashmem.json ;;
   eval-pass)  # the first 500 test questions: FlashMem, its two context ablations, the soft prompt and (once

@@ -44,7 +44,7 @@ class SelfTargetSettings:
     reuse: str | None = None  # an earlier collection whose solved questions keep their solutions
 
 
-def _key(example: Example) -> str:
+def question_key(example: Example) -> str:
     return f"{example.source}:{example.line}"
 
 
@@ -62,7 +62,7 @@ def read_cache(path: Path) -> dict[str, dict]:
     return done
 
 
-def _append(path: Path, records: list[dict]) -> None:
+def append_records(path: Path, records: list[dict]) -> None:
     with path.open("a") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")
@@ -77,14 +77,25 @@ def _reuse_solved(path: Path, todo: list[Example], earlier: Path, done: dict[str
     if earlier.resolve() == path.resolve():
         raise FlashmemError(f"--self-reuse: {earlier} is this run's own targets file; pass another --self-targets-file")
     solved = read_cache(earlier)
-    copied = [dict(solved[_key(ex)], reused=str(earlier)) for ex in todo if solved.get(_key(ex), {}).get("kept")]
+    keys = [question_key(ex) for ex in todo]
+    copied = [dict(solved[key], reused=str(earlier)) for key in keys if solved.get(key, {}).get("kept")]
     if copied:
-        _append(path, copied)
+        append_records(path, copied)
         done.update((r["key"], r) for r in copied)
-    return [ex for ex in todo if _key(ex) not in done]
+    return [ex for ex in todo if question_key(ex) not in done]
 
 
-def _sample_batch(bb: Backbone, questions: list[Example], cfg: SelfTargetSettings, seed: int) -> list[dict]:
+def batches(todo: list[Example], cfg: SelfTargetSettings) -> list[list[Example]]:
+    """The generate calls that sample todo: fixed by the list, so a resumed or split run makes the same ones."""
+    per_call = max(1, cfg.batch_size // cfg.samples)
+    return [todo[start:start + per_call] for start in range(0, len(todo), per_call)]
+
+
+def batch_seed(batch: list[Example], cfg: SelfTargetSettings) -> int:
+    return cfg.seed * 1_000_003 + batch[0].line
+
+
+def sample_batch(bb: Backbone, questions: list[Example], cfg: SelfTargetSettings, seed: int) -> list[dict]:
     """Sample cfg.samples solutions for each question in one batched generate call."""
     tok = bb.tokenizer
     ids, mask = encode_prompts(tok, [ex.question for ex in questions for _ in range(cfg.samples)], bb.device,
@@ -93,11 +104,12 @@ def _sample_batch(bb: Backbone, questions: list[Example], cfg: SelfTargetSetting
     result = generate(bb, ids, mask, None, gen, monitor=False)
     records = []
     for q, example in enumerate(questions):
-        texts = [tok.decode(t, skip_special_tokens=True).strip() for t in result.tokens[q * cfg.samples:(q + 1) * cfg.samples]]
-        ended = [bool(t) and t[-1] == tok.eos_token_id for t in result.tokens[q * cfg.samples:(q + 1) * cfg.samples]]
+        rows = result.tokens[q * cfg.samples:(q + 1) * cfg.samples]
+        texts = [tok.decode(t, skip_special_tokens=True).strip() for t in rows]
+        ended = [bool(t) and t[-1] == tok.eos_token_id for t in rows]
         # A solution cut off at max_new_tokens is not one the model finished: do not teach it.
         good = [t for t, e in zip(texts, ended) if e and is_correct(t, example.final, example.kind)]
-        records.append({"key": _key(example), "tried": len(texts), "kept": sorted(set(good))})
+        records.append({"key": question_key(example), "tried": len(texts), "kept": sorted(set(good))})
     return records
 
 
@@ -113,24 +125,22 @@ def build_self_targets(bb: Backbone, examples: list[Example], out: str | Path, c
     if path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n"):
         with path.open("a") as handle:  # a torn last line: start the next record on a fresh line
             handle.write("\n")
-    todo = [ex for ex in examples if _key(ex) not in done]
+    todo = [ex for ex in examples if question_key(ex) not in done]
     if cfg.reuse:
         todo = _reuse_solved(path, todo, Path(cfg.reuse), done)
-    per_call = max(1, cfg.batch_size // cfg.samples)
     from tqdm import tqdm
     # Shown in log files too, like train's and eval's bars: collection runs for hours in the background.
     bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="self targets", unit="q", file=sys.stderr)
     with torch.no_grad():
-        for start in range(0, len(todo), per_call):
-            batch = todo[start:start + per_call]
-            records = _sample_batch(bb, batch, cfg, seed=cfg.seed * 1_000_003 + batch[0].line)
-            _append(path, records)
+        for batch in batches(todo, cfg):
+            records = sample_batch(bb, batch, cfg, seed=batch_seed(batch, cfg))
+            append_records(path, records)
             done.update((r["key"], r) for r in records)
             bar.update(len(batch))
     bar.close()
-    targets = [replace(ex, answer=text) for ex in examples for text in done[_key(ex)]["kept"]]
-    solved = sum(1 for ex in examples if done[_key(ex)]["kept"])
-    tried = sum(done[_key(ex)]["tried"] for ex in examples)
+    targets = [replace(ex, answer=text) for ex in examples for text in done[question_key(ex)]["kept"]]
+    solved = sum(1 for ex in examples if done[question_key(ex)]["kept"])
+    tried = sum(done[question_key(ex)]["tried"] for ex in examples)
     print(f"self targets: kept {len(targets)} of {tried} samples ({solved} of {len(examples)} questions "
           f"solved at least once) -> {path}", file=sys.stderr)
     return targets

@@ -223,12 +223,14 @@ def load_data(cfg: TrainConfig):
     return train_ex, val_ex, report.path
 
 
+def self_target_settings(cfg: TrainConfig) -> SelfTargetSettings:
+    return SelfTargetSettings(samples=cfg.self_samples, max_new_tokens=cfg.self_max_new_tokens, seed=cfg.seed,
+                              batch_size=cfg.self_batch_size, temperature=cfg.self_temperature,
+                              system=system_prompt(cfg.prompt), reuse=cfg.self_reuse)
+
+
 def self_targets(bb, examples, cfg: TrainConfig, required: bool = True):
-    settings = SelfTargetSettings(samples=cfg.self_samples, max_new_tokens=cfg.self_max_new_tokens, seed=cfg.seed,
-                                  batch_size=cfg.self_batch_size,
-                                  temperature=cfg.self_temperature, system=system_prompt(cfg.prompt),
-                                  reuse=cfg.self_reuse)
-    kept = build_self_targets(bb, examples, cfg.self_targets_file or cfg.out, settings)
+    kept = build_self_targets(bb, examples, cfg.self_targets_file or cfg.out, self_target_settings(cfg))
     if not kept and required:
         raise FlashmemError("--targets self: the backbone solved none of the training questions; "
                             "use --targets reference or more --self-samples")
