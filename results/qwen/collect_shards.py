@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from flashmem.loader import load_backbone
-from flashmem.targets import append_records, batch_seed, batches, question_key, read_cache, sample_batch
+from flashmem.targets import (append_records, batch_seed, batches, question_key, read_cache, resume_cache,
+                              sample_batch)
 from flashmem.train import TrainConfig, load_data, self_target_settings
 
 R = Path("results/qwen")
@@ -53,10 +54,7 @@ def sample(i: int, n: int) -> None:
     torch.set_num_threads(1)
     plan, settings = load_plan(), self_target_settings(CFG)
     path = shard_file(i)
-    done = read_cache(TARGETS) | read_cache(path)
-    if path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n"):
-        with path.open("a") as handle:  # a torn last line (a stopped shard): the next record starts afresh
-            handle.write("\n")
+    done = read_cache(TARGETS) | resume_cache(path)
     mine = [keys for b, keys in enumerate(plan) if b % n == i and not all(k in done for k in keys)]
     by_key = {question_key(ex): ex for examples in load_data(CFG)[:2] for ex in examples}
     bb = load_backbone(CFG.model, dtype=CFG.dtype, device="cpu")

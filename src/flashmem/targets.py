@@ -62,6 +62,15 @@ def read_cache(path: Path) -> dict[str, dict]:
     return done
 
 
+def resume_cache(path: Path) -> dict[str, dict]:
+    """read_cache for a file about to be appended to: a torn last line (a stopped run) is ended first, so
+    the next record starts on a line of its own."""
+    if path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n"):
+        with path.open("a") as handle:
+            handle.write("\n")
+    return read_cache(path)
+
+
 def append_records(path: Path, records: list[dict]) -> None:
     with path.open("a") as handle:
         for record in records:
@@ -121,10 +130,7 @@ def build_self_targets(bb: Backbone, examples: list[Example], out: str | Path, c
     out = Path(out)
     path = out if out.suffix == ".jsonl" else out / SELF_TARGETS
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = read_cache(path)
-    if path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n"):
-        with path.open("a") as handle:  # a torn last line: start the next record on a fresh line
-            handle.write("\n")
+    done = resume_cache(path)
     todo = [ex for ex in examples if question_key(ex) not in done]
     if cfg.reuse:
         todo = _reuse_solved(path, todo, Path(cfg.reuse), done)
