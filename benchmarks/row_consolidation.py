@@ -20,14 +20,14 @@ from unittest import mock
 
 import torch
 
-from flashmem.backbone import Backbone
 from flashmem.config import GenerationConfig
-from flashmem.data import load_examples
-from flashmem.generation import generate
-from flashmem.loader import load_backbone
-from flashmem.prompts import encode_prompts, system_prompt
-from flashmem.registry import load_memory
-from flashmem.runtime import set_threads
+from flashmem.data.datasets import load_examples
+from flashmem.data.prompts import encode_prompts, system_prompt
+from flashmem.decoding.generation import generate
+from flashmem.memory.registry import load_memory
+from flashmem.models.backbone import Backbone
+from flashmem.models.loader import load_backbone
+from flashmem.models.runtime import set_threads
 
 
 def run(bb, memory, ids, mask, max_new_tokens: int, whole: bool) -> tuple[float, list[list[int]], int]:

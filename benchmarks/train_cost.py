@@ -15,18 +15,17 @@ import argparse
 import statistics
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from dataclasses import replace
-
-from flashmem.batching import encode_examples
-from flashmem.data import load_examples
-from flashmem.loader import load_backbone
-from flashmem.registry import build_memory, default_config
-from flashmem.scoring import training_nll
-from flashmem.thresholds import sequence_threshold
+from flashmem.data.datasets import load_examples
+from flashmem.memory.registry import build_memory, default_config
+from flashmem.models.loader import load_backbone
+from flashmem.training.batching import encode_examples
+from flashmem.training.scoring import training_nll
+from flashmem.training.thresholds import sequence_threshold
 
 
 def flashmem_step(bb, memory, policy, optimizer, seqs, autocast) -> int:

@@ -20,14 +20,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from flashmem.batching import encode_examples
-from flashmem.data import load_examples
-from flashmem.loader import load_backbone
-from flashmem.registry import load_memory
-from flashmem.runtime import set_threads
-from flashmem.scoring import find_insertions
-from flashmem.thresholds import sequence_threshold
-from flashmem.train import THRESHOLD_EXAMPLES
+from flashmem.data.datasets import load_examples
+from flashmem.memory.registry import load_memory
+from flashmem.models.loader import load_backbone
+from flashmem.models.runtime import set_threads
+from flashmem.training.batching import encode_examples
+from flashmem.training.scoring import find_insertions
+from flashmem.training.thresholds import sequence_threshold
+from flashmem.training.train import THRESHOLD_EXAMPLES
 
 RULES = ("raw", "normalized")
 

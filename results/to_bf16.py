@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashmem.registry import WEIGHTS_NAME
+from flashmem.memory.registry import WEIGHTS_NAME
 
 
 def round_folder(folder: Path) -> None:

@@ -8,15 +8,15 @@ import torch
 from safetensors.torch import load_file
 from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
-from flashmem.ablations import ForeignContext, MeanLatents, foreign_context, foreign_examples, mean_latents
 from flashmem.api import FlashMem
 from flashmem.cli import main
-from flashmem.data import load_examples
-from flashmem.engine import memory_context, prefill
+from flashmem.data.datasets import load_examples
+from flashmem.data.prompts import encode_prompts
+from flashmem.decoding.engine import memory_context, prefill
 from flashmem.errors import FlashmemError
-from flashmem.loader import load_backbone
-from flashmem.prompts import encode_prompts
-from flashmem.registry import build_memory, default_config, save_memory
+from flashmem.evaluation.ablations import ForeignContext, MeanLatents, foreign_context, foreign_examples, mean_latents
+from flashmem.memory.registry import build_memory, default_config, save_memory
+from flashmem.models.loader import load_backbone
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
-"""Tests for flashmem.answers: extraction and scoring on realistic model outputs and their traps."""
+"""Tests for flashmem.data.answers: extraction and scoring on realistic model outputs and their traps."""
 
 import pytest
 
-from flashmem.answers import (
+from flashmem.data.answers import (
     extract_boxed,
     extract_number,
     is_correct,

@@ -4,14 +4,13 @@ forwards run on scaled-down variants."""
 import pytest
 import torch
 
-from flashmem.architectures import ARCHITECTURES, build_random, byte_tokenizer, random_config
-from flashmem.backbone import Backbone
 from flashmem.config import GenerationConfig
+from flashmem.data.prompts import format_prompt
+from flashmem.decoding.generation import generate
 from flashmem.errors import FlashmemError
-from flashmem.generation import generate
-from flashmem.backbone import model_identity
-from flashmem.loader import load_backbone, load_model
-from flashmem.prompts import format_prompt
+from flashmem.models.architectures import ARCHITECTURES, build_random, byte_tokenizer, random_config
+from flashmem.models.backbone import Backbone, model_identity
+from flashmem.models.loader import load_backbone, load_model
 
 # Model cards' counts (total, non-embedding; None where the card gives none).
 PUBLISHED = {
@@ -159,7 +158,7 @@ def test_unknown_name_lists_the_known_ones():
 
 
 def test_load_backbone_routes_random_specs(monkeypatch):
-    import flashmem.loader as loader
+    import flashmem.models.loader as loader
 
     seen = {}
 

@@ -5,11 +5,11 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from flashmem.backbone import SUPPORTED_MODEL_TYPES, Backbone, _capture_attention_input
-from flashmem.consolidator import shared_kv_attention
-from flashmem.engine import prefill
+from flashmem.decoding.engine import prefill
 from flashmem.errors import FlashmemError
-from flashmem.testing import tiny_model, tiny_tokenizer
+from flashmem.memory.consolidator import shared_kv_attention
+from flashmem.models.backbone import SUPPORTED_MODEL_TYPES, Backbone, _capture_attention_input
+from flashmem.models.testing import tiny_model, tiny_tokenizer
 
 FAMILIES = list(SUPPORTED_MODEL_TYPES)
 

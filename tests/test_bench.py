@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from flashmem.backbone import Backbone
-from flashmem.bench import BenchConfig, decode_once, ratios, schedule_policy
 from flashmem.cli import main
 from flashmem.errors import FlashmemError
-from flashmem.registry import build_memory, default_config
-from flashmem.testing import make_tiny_model_dir, tiny_model, tiny_tokenizer
+from flashmem.evaluation.bench import BenchConfig, decode_once, ratios, schedule_policy
+from flashmem.memory.registry import build_memory, default_config
+from flashmem.models.backbone import Backbone
+from flashmem.models.testing import make_tiny_model_dir, tiny_model, tiny_tokenizer
 
 METHODS = ("vanilla", "flashmem", "memgen")
 

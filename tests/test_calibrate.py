@@ -9,17 +9,17 @@ import pytest
 import torch
 from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
-from flashmem.batching import encode_examples
 from flashmem.cli import main
 from flashmem.config import GenerationConfig, MemoryConfig
-from flashmem.data import load_examples
-from flashmem.engine import chunk_entropy, prefill
-from flashmem.generation import generate
-from flashmem.loader import load_backbone
-from flashmem.prompts import encode_prompts
-from flashmem.registry import build_memory, save_memory
-from flashmem.scoring import find_insertions
-from flashmem.thresholds import calibrate_threshold, prompt_threshold, sequence_threshold
+from flashmem.data.datasets import load_examples
+from flashmem.data.prompts import encode_prompts
+from flashmem.decoding.engine import chunk_entropy, prefill
+from flashmem.decoding.generation import generate
+from flashmem.memory.registry import build_memory, save_memory
+from flashmem.models.loader import load_backbone
+from flashmem.training.batching import encode_examples
+from flashmem.training.scoring import find_insertions
+from flashmem.training.thresholds import calibrate_threshold, prompt_threshold, sequence_threshold
 
 
 @pytest.fixture(scope="module")

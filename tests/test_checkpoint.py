@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from flashmem import checkpoint
-from flashmem.checkpoint import find_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from flashmem.errors import FlashmemError
+from flashmem.training import checkpoint
+from flashmem.training.checkpoint import find_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 def _parts(value: float = 1.0):

@@ -2,12 +2,12 @@
 import json
 
 import pytest
+from tiny_assets import make_tiny_model_dir
 from transformers import GPT2Config
 
 from flashmem.api import FlashMem
 from flashmem.cli import main
-from flashmem.registry import save_memory
-from tiny_assets import make_tiny_model_dir
+from flashmem.memory.registry import save_memory
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Tests for flashmem.data: named sets, JSONL files, bad-row handling, splits and synthetic data."""
+"""Tests for flashmem.data.datasets: named sets, JSONL files, bad-row handling, splits and synthetic data."""
 
 import json
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flashmem.answers import is_correct
-from flashmem.data import (
+from flashmem.data.answers import is_correct
+from flashmem.data.datasets import (
     DataReport,
     load_examples,
     resolve_data_dir,
@@ -203,3 +203,17 @@ def test_hub_fallback_uses_datasets_when_importable(tmp_path: Path, monkeypatch)
     examples, report = load_examples("gsm8k", "test", data_dir=str(tmp_path))
     assert calls == [("openai/gsm8k", "main", "test")]
     assert examples[0].final == "72" and report.path == "hf://openai/gsm8k/test"
+
+
+def test_no_data_folder_is_guessed_from_the_working_directory(tmp_path: Path, monkeypatch):
+    """A ../shared/data beside the working directory is this repository's convention, not a user's: without
+    --data-dir or $FLASHMEM_DATA_DIR it is not read, and the error names both as tried (MAWPS has no hub copy)."""
+    write_jsonl(tmp_path / "shared" / "data" / "mawps" / "test.jsonl", [{"input": "One and one?", "target": 2.0}])
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("FLASHMEM_DATA_DIR", raising=False)
+    assert resolve_data_dir() is None
+    with pytest.raises(FlashmemError) as err:
+        load_examples("mawps", "test")
+    message = str(err.value)
+    assert "--data-dir (not given)" in message and "$FLASHMEM_DATA_DIR (unset)" in message

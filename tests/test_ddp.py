@@ -10,8 +10,8 @@ import pytest
 from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 from flashmem.cli import main
-from flashmem.loader import load_backbone
-from flashmem.registry import load_memory
+from flashmem.memory.registry import load_memory
+from flashmem.models.loader import load_backbone
 
 ARGS = ["--steps", "3", "--batch-size", "3", "--val-size", "2", "--eval-every", "3", "--threshold", "1.0",
         "--lr", "1e-2", "--min-gap", "3"]

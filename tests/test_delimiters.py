@@ -1,11 +1,12 @@
 """MemGen's insertion rule as a vocabulary mask, on tiny tokenizers built in memory."""
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tk_models
 from transformers import PreTrainedTokenizerFast
 
-from flashmem import delimiters
-from flashmem.delimiters import delimiter_token_mask
+from flashmem.decoding import delimiters
+from flashmem.decoding.delimiters import delimiter_token_mask
 from flashmem.errors import FlashmemError
 
 # token -> whether memory may follow it

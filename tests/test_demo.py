@@ -2,9 +2,9 @@
 import json
 
 import pytest
+from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 from flashmem.cli import main
-from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,7 @@ def test_demo_writes_every_report_file_and_resumes(tmp_path, monkeypatch):
 
 def test_without_its_data_the_demo_uses_the_recall_task_and_says_so(tmp_path, capsys):
     from flashmem.cli.demo import FALLBACK_DATA, Demo, DemoConfig, choose_data
-    from flashmem.data import load_examples
+    from flashmem.data.datasets import load_examples
 
     demo = Demo(DemoConfig(out=str(tmp_path / "out"), data="gsm8k", data_dir=str(tmp_path / "nothing-here")))
     assert choose_data(demo) == (FALLBACK_DATA, FALLBACK_DATA, "test")

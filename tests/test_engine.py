@@ -2,15 +2,15 @@
 import pytest
 import torch
 
-from flashmem.backbone import Backbone, _project_kv, _project_query
 from flashmem.config import GenerationConfig, MemoryConfig
-from flashmem.consolidator import shared_kv_attention
-from flashmem.engine import prefill
-from flashmem.generation import generate
-from flashmem.monitor import attention_entropy, sink_mask
-from flashmem.registry import build_memory
-from flashmem.scoring import find_insertions, score_with_insertions
-from flashmem.testing import tiny_model
+from flashmem.decoding.engine import prefill
+from flashmem.decoding.generation import generate
+from flashmem.decoding.monitor import attention_entropy, sink_mask
+from flashmem.memory.consolidator import shared_kv_attention
+from flashmem.memory.registry import build_memory
+from flashmem.models.backbone import Backbone, _project_kv, _project_query
+from flashmem.models.testing import tiny_model
+from flashmem.training.scoring import find_insertions, score_with_insertions
 
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral"]
 
@@ -257,7 +257,7 @@ def reference_latents(bb, memory, ctx):
 
 
 def memory_context(bb, ids, mask):
-    from flashmem.memory import MemoryContext
+    from flashmem.memory.base import MemoryContext
 
     state, _ = prefill(bb, ids, mask, 4)
     return MemoryContext(bb, state.cache, state.mask, state.positions, state.hidden, state.ids, state.ids_mask)
@@ -288,7 +288,7 @@ def test_latents_depend_on_the_context():
 
 
 def test_finished_rows_leave_the_batch_without_changing_any_answer(monkeypatch):
-    import flashmem.generation as generation
+    import flashmem.decoding.generation as generation
 
     model = tiny_model("llama")
     bb = Backbone(model)

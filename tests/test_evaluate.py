@@ -2,19 +2,17 @@
 
 
 import json
+from dataclasses import replace
 
 import pytest
-
-from dataclasses import replace
+from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 from flashmem.api import FlashMem
 from flashmem.cli import main
 from flashmem.errors import FlashmemError
-from flashmem.records import RecordFile, read_records
-from flashmem.registry import save_memory
-from flashmem.report import compare_runs, comparison_markdown
-
-from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
+from flashmem.evaluation.records import RecordFile, read_records
+from flashmem.evaluation.report import compare_runs, comparison_markdown
+from flashmem.memory.registry import save_memory
 
 # Fields that must not depend on whether a run was resumed (timings obviously do).
 STABLE = ("n", "accuracy", "nll_per_token", "nll_per_question", "consolidations_per_answer",

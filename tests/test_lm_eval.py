@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
 from flashmem.api import FlashMem
-from flashmem.backbone import Backbone
-from flashmem.generation import generate
 from flashmem.config import GenerationConfig
-from flashmem.registry import build_memory, default_config
-from flashmem.scoring import find_insertions
-from flashmem.testing import tiny_model, tiny_tokenizer
-from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
+from flashmem.decoding.generation import generate
+from flashmem.memory.registry import build_memory, default_config
+from flashmem.models.backbone import Backbone
+from flashmem.models.testing import tiny_model, tiny_tokenizer
+from flashmem.training.scoring import find_insertions
 
 CONTEXTS = ["Hi there", "Question: what is 2+2?\nAnswer:", "abc", "The cat sat on the"]
 PAIRS = [("The cat sat on", " the mat"), ("", "hello world"), ("2 + 3 = ", "5"),
@@ -34,6 +34,7 @@ def harness():
 def tiny(harness):
     """One tiny Llama served twice: through flashmem (no memory) and through the harness's HFLM."""
     from lm_eval.models.huggingface import HFLM
+
     from flashmem.integrations.lm_eval import FlashMemLM
 
     tokenizer = tiny_tokenizer()
@@ -171,7 +172,7 @@ def test_policy_overrides_and_bad_model_args(harness):
 
 def test_local_gsm8k_task_end_to_end_through_the_cli(harness, tmp_path, monkeypatch):
     """The shipped gsm8k_local YAML (found through the default --include_path) on 4 questions of a local
-    ../shared/data copy, through `flashmem lm-eval`: the harness's results and samples files appear."""
+    copy named by --data-dir, through `flashmem lm-eval`: the harness's results and samples files appear."""
     from flashmem.cli import main
 
     data = tmp_path / "shared" / "data" / "gsm8k"
@@ -184,7 +185,7 @@ def test_local_gsm8k_task_end_to_end_through_the_cli(harness, tmp_path, monkeypa
     monkeypatch.setenv("FLASHMEM_CACHE", str(tmp_path / "cache"))
     model = make_tiny_model_dir(tmp_path / "model")
     out = tmp_path / "out"
-    argv = ["lm-eval", "--threads", "1", "--model_args", f"pretrained={model},memory=untrained,max_new_tokens=8",
+    argv = ["lm-eval", "--threads", "1", "--data-dir", str(tmp_path / "shared" / "data"), "--model_args", f"pretrained={model},memory=untrained,max_new_tokens=8",
             "--tasks", "gsm8k_local", "--limit", "4", "--batch_size", "2", "--output_path", str(out), "--log_samples"]
     assert main(argv) == 0
     results = list(out.rglob("results_*.json"))
@@ -229,6 +230,7 @@ def test_local_mawps_task_renders_numeric_targets(harness, tmp_path, monkeypatch
                                       {"input": "Half of one?", "target": 0.5, "type": "singleeq", "idx": 1}])
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("FLASHMEM_DATA_DIR", str(tmp_path / "shared" / "data"))
     model = make_tiny_model_dir(tmp_path / "model")
     out = tmp_path / "out"
     assert main(["lm-eval", "--model_args", f"pretrained={model},max_new_tokens=4", "--device", "cpu",
@@ -236,3 +238,13 @@ def test_local_mawps_task_renders_numeric_targets(harness, tmp_path, monkeypatch
     rows = [json.loads(line) for line in next(out.rglob("samples_mawps_local_*.jsonl")).read_text().splitlines()]
     assert {r["doc_id"]: r["target"] for r in rows} == {0: "43", 1: "0.5"}
     assert rows[0]["arguments"]["gen_args_0"]["arg_0"].startswith("Question: Joan had 70")
+
+
+def test_local_task_without_a_data_folder_is_one_clear_error(harness, monkeypatch):
+    """No --data-dir and no $FLASHMEM_DATA_DIR: asking for a shipped task names both, and nothing is guessed."""
+    from flashmem.errors import FlashmemError
+    from flashmem.integrations.lm_eval import cli_evaluate
+
+    monkeypatch.delenv("FLASHMEM_DATA_DIR", raising=False)
+    with pytest.raises(FlashmemError, match=r"gsm8k_local .*--data-dir FOLDER or set \$FLASHMEM_DATA_DIR"):
+        cli_evaluate(["--tasks", "gsm8k_local", "--limit", "1"])

@@ -1,4 +1,4 @@
-"""Tests for flashmem.loader (resolving specs, loading frozen backbones), identity and prompts."""
+"""Tests for flashmem.models.loader (resolving specs, loading frozen backbones), identity and prompts."""
 
 import os
 
@@ -13,15 +13,16 @@ import re
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import models as tk_models
 from transformers import GPT2Config, PreTrainedTokenizerFast
 
-from flashmem import loader
-from flashmem.backbone import SUPPORTED_MODEL_TYPES, Backbone, max_context, model_identity
+from flashmem.data.prompts import format_prompt
 from flashmem.errors import FlashmemError
-from flashmem.loader import load_backbone, load_model, resolve_model
-from flashmem.prompts import format_prompt
-from flashmem.testing import tiny_model
+from flashmem.models import loader
+from flashmem.models.backbone import SUPPORTED_MODEL_TYPES, Backbone, max_context, model_identity
+from flashmem.models.loader import load_backbone, load_model, resolve_model
+from flashmem.models.testing import tiny_model
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

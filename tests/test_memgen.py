@@ -5,19 +5,20 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import models as tk_models
 from transformers import PreTrainedTokenizerFast
 
-from flashmem.backbone import Backbone
 from flashmem.config import GenerationConfig
-from flashmem.engine import append_tokens, consolidate, forward_chunk, prefill, reprefill
+from flashmem.decoding.engine import append_tokens, consolidate, forward_chunk, prefill, reprefill
+from flashmem.decoding.generation import generate
 from flashmem.errors import FlashmemError
-from flashmem.generation import generate
-from flashmem.memgen import MemGenWeaver
-from flashmem.memory import MemoryContext
-from flashmem.registry import build_memory, default_config, load_memory, save_memory
-from flashmem.scoring import find_insertions, training_nll
-from flashmem.testing import tiny_model
+from flashmem.memory.base import MemoryContext
+from flashmem.memory.memgen import MemGenWeaver
+from flashmem.memory.registry import build_memory, default_config, load_memory, save_memory
+from flashmem.models.backbone import Backbone
+from flashmem.models.testing import tiny_model
+from flashmem.training.scoring import find_insertions, training_nll
 
 VOCAB, K = 256, 3
 COMMA, PERIOD, NEWLINE = 10, 11, 12  # the tiny tokenizer's delimiter ids

@@ -1,4 +1,4 @@
-"""Tests for flashmem.packaged: installing, joining and verifying a model chunked across PyPI wheels.
+"""Tests for flashmem.models.packaged: installing, joining and verifying a model chunked across PyPI wheels.
 
 Offline: the "wheels" are package folders with small chunk files on a temporary sys.path, and pip is
 a monkeypatched subprocess. One opt-in test (FLASHMEM_REAL_QWEN=1) loads the real Qwen alias.
@@ -16,17 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from flashmem import loader as models
-from flashmem import packaged
-from flashmem.errors import FlashmemError
-from flashmem.loader import load_model as load_backbone
-from flashmem.loader import resolve_model
-from flashmem.prompts import format_prompt
-from flashmem.testing import tiny_model
-from flashmem.packaged import PackagedModel, Wheel, ensure_gguf
-
 from tiny_assets import tiny_tokenizer
+
+from flashmem.data.prompts import format_prompt
+from flashmem.errors import FlashmemError
+from flashmem.models import loader as models
+from flashmem.models import packaged
+from flashmem.models.loader import load_model as load_backbone
+from flashmem.models.loader import resolve_model
+from flashmem.models.packaged import PackagedModel, Wheel, ensure_gguf
+from flashmem.models.testing import tiny_model
 
 CHUNKS = [b"GGUF" + bytes(range(256)) * 3, bytes(range(255, -1, -1)) * 5, b"tail" * 7]
 WHOLE = b"".join(CHUNKS)

@@ -1,14 +1,13 @@
-"""Tests for flashmem.recall (the generated key-value recall set) and the "exact" answer kind."""
+"""Tests for flashmem.data.recall (the generated key-value recall set) and the "exact" answer kind."""
 
 import re
 
 import pytest
 
-from flashmem import recall
-from flashmem.answers import KINDS, extract_first_number, is_correct, reference_final
-from flashmem.data import load_examples
-from flashmem.errors import FlashmemError
-from flashmem.recall import (
+from flashmem.data.answers import KINDS, extract_first_number, is_correct, reference_final
+from flashmem.data import recall
+from flashmem.data.datasets import load_examples
+from flashmem.data.recall import (
     FACT_CHARS_PER_TOKEN,
     FILLER_CHARS_PER_TOKEN,
     SPLIT_SIZES,
@@ -18,6 +17,7 @@ from flashmem.recall import (
     parse_spec,
     spec_string,
 )
+from flashmem.errors import FlashmemError
 
 FACT_RE = re.compile(r"The ([a-z ]+?) of the ([a-z]+) ([a-z]+) is (\d+)\.")
 QUESTION_RE = re.compile(r"\n\nQuestion: What is the ([a-z ]+?) of the ([a-z]+) ([a-z]+)\? "
@@ -192,7 +192,7 @@ def test_spec_validation_names_the_value():
         RecallSpec(needle=-0.1)
 
 
-# ---- loading through flashmem.data -----------------------------------------------------------------
+# ---- loading through flashmem.data.datasets -----------------------------------------------------------------
 def test_load_examples_hook():
     examples, report = load_examples("recall:context=256,facts=4", "validation", limit=5)
     assert len(examples) == 5 and report.kept == 5

@@ -1,11 +1,11 @@
-"""Tests for flashmem.stats against hand-computed and textbook values."""
+"""Tests for flashmem.evaluation.stats against hand-computed and textbook values."""
 
 import math
 
 import numpy as np
 import pytest
 
-from flashmem.stats import mean_ci, paired_bootstrap, paired_relative_change, percentile, proportion_ci
+from flashmem.evaluation.stats import mean_ci, paired_bootstrap, paired_relative_change, percentile, proportion_ci
 
 
 def test_wilson_five_of_ten():

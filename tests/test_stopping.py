@@ -4,12 +4,12 @@ memory off and with a memory that fires during decoding."""
 import pytest
 import torch
 
-from flashmem.backbone import Backbone
 from flashmem.config import GenerationConfig
-from flashmem.generation import generate
-from flashmem.registry import build_memory, default_config
-from flashmem.stopping import StopStrings
-from flashmem.testing import tiny_model, tiny_tokenizer
+from flashmem.decoding.generation import generate
+from flashmem.decoding.stopping import StopStrings
+from flashmem.memory.registry import build_memory, default_config
+from flashmem.models.backbone import Backbone
+from flashmem.models.testing import tiny_model, tiny_tokenizer
 
 PROMPTS = ["Hi there", "Question: what is 2+2?\nAnswer:", "abc"]
 

@@ -5,18 +5,17 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
-import flashmem.evaluate as evaluate_module
-from flashmem.backbone import Backbone
+import flashmem.evaluation.evaluate as evaluate_module
 from flashmem.cli import main
 from flashmem.config import GenerationConfig
-from flashmem.engine import shared_prefills
-from flashmem.generation import generate
-from flashmem.loader import load_backbone
-from flashmem.records import read_records
-from flashmem.registry import build_memory, default_config
-
-from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
+from flashmem.decoding.engine import shared_prefills
+from flashmem.decoding.generation import generate
+from flashmem.evaluation.records import read_records
+from flashmem.memory.registry import build_memory, default_config
+from flashmem.models.backbone import Backbone
+from flashmem.models.loader import load_backbone
 
 TIMES = ("gen_seconds", "nll_seconds")
 

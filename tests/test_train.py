@@ -3,25 +3,24 @@ interrupts and time limits save cleanly, bad data is reported, self-targets are 
 import json
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
 from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
 
-from dataclasses import replace
-
-from flashmem import targets, trainer
-from flashmem.backbone import Backbone
-from flashmem.batching import DataStream, epoch_order
 from flashmem.cli import main
 from flashmem.config import GenerationConfig, MemoryConfig
+from flashmem.decoding.generation import GenerationResult, RowTrace, generate
 from flashmem.errors import FlashmemError
-from flashmem.generation import GenerationResult, RowTrace, generate
-from flashmem.loader import load_backbone
-from flashmem.registry import build_memory, default_config, load_memory
-from flashmem.scoring import find_insertions, training_nll
-from flashmem.testing import tiny_model
-from flashmem.trainer import check_frozen, lr_factor
+from flashmem.memory.registry import build_memory, default_config, load_memory
+from flashmem.models.backbone import Backbone
+from flashmem.models.loader import load_backbone
+from flashmem.models.testing import tiny_model
+from flashmem.training import targets, trainer
+from flashmem.training.batching import DataStream, epoch_order
+from flashmem.training.scoring import find_insertions, training_nll
+from flashmem.training.trainer import check_frozen, lr_factor
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +229,7 @@ def test_self_targets_keep_correct_and_resume(assets, tmp_path, monkeypatch, cap
     assert [len(r["kept"]) for r in cache] == [1, 0, 1]
     assert calls == [4, 2]  # --self-batch-size 4: two questions of two samples per generate call
     calls.clear()
-    from flashmem.data import load_examples
+    from flashmem.data.datasets import load_examples
     examples, _ = load_examples(str(data))
     kept = targets.build_self_targets(bb, examples, out, targets.SelfTargetSettings(samples=2))
     assert not calls  # everything came from the cache
@@ -243,7 +242,7 @@ def test_self_reuse_samples_only_what_an_earlier_collection_did_not_solve(assets
     bb = load_backbone(str(model))
     rows = [{"question": "What is 2 + 3?", "answer": "#### 5"}, {"question": "What is 1 + 4?", "answer": "#### 5"},
             {"question": "What is 0 + 5?", "answer": "#### 5"}]
-    from flashmem.data import load_examples
+    from flashmem.data.datasets import load_examples
     examples, _ = load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
     greedy = tmp_path / "greedy.jsonl"
     key = targets.question_key
@@ -270,7 +269,7 @@ def test_a_stopped_collection_resumes_with_the_same_calls_and_seeds(assets, tmp_
     samples exactly what an uninterrupted one does (results/qwen/collect_shards.py splits on this)."""
     model, _ = assets
     bb = load_backbone(str(model))
-    from flashmem.data import load_examples
+    from flashmem.data.datasets import load_examples
     rows = [{"question": f"What is {i} + 5?", "answer": f"#### {i + 5}"} for i in range(5)]
     examples, _ = load_examples(str(write_jsonl(tmp_path / "d.jsonl", rows)))
     fake, seeds = _fake_generate(bb.tokenizer, []), []
@@ -303,7 +302,7 @@ def test_resume_treats_fields_added_later_as_their_defaults(tmp_path):
     default, and is refused when it changes it."""
     from dataclasses import asdict, replace
 
-    from flashmem.train import TrainConfig, resume_differences
+    from flashmem.training.train import TrainConfig, resume_differences
 
     cfg = TrainConfig(data="gsm8k", out=str(tmp_path / "m"))
     saved = asdict(cfg)
@@ -318,7 +317,7 @@ def test_resume_treats_fields_added_later_as_their_defaults(tmp_path):
 
 def test_the_soft_prompt_gets_its_own_default_learning_rate(tmp_path):
     """The soft prompt's few values need much larger steps than a consolidator; an explicit --lr wins."""
-    from flashmem.train import MEMORY_LR, SOFTPROMPT_LR, TrainConfig
+    from flashmem.training.train import MEMORY_LR, SOFTPROMPT_LR, TrainConfig
 
     lr = {m: TrainConfig(data="gsm8k", out=str(tmp_path), method=m).lr for m in ("flashmem", "memgen", "softprompt")}
     assert lr == {"flashmem": MEMORY_LR, "memgen": MEMORY_LR, "softprompt": SOFTPROMPT_LR} and SOFTPROMPT_LR > MEMORY_LR

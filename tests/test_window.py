@@ -3,16 +3,15 @@ prompt is cut from the cache but its attention sinks, and its last N tokens are 
 What the rest of the prompt held must then reach the answer only through the memory."""
 import pytest
 import torch
-
-from flashmem.backbone import Backbone
-from flashmem.config import GenerationConfig, MemoryConfig
-from flashmem.errors import FlashmemError
-from flashmem.generation import generate
-from flashmem.report import compare_runs
-from flashmem.scoring import find_insertions, score_with_insertions
-from flashmem.testing import tiny_model
-
 from test_engine import firing_memory
+
+from flashmem.config import GenerationConfig, MemoryConfig
+from flashmem.decoding.generation import generate
+from flashmem.errors import FlashmemError
+from flashmem.evaluation.report import compare_runs
+from flashmem.models.backbone import Backbone
+from flashmem.models.testing import tiny_model
+from flashmem.training.scoring import find_insertions, score_with_insertions
 
 WINDOW, SINKS, LENGTH, HIDDEN = 3, 4, 16, 8  # HIDDEN: a prompt column the cut removes (after the sinks, before the window)
 
@@ -108,9 +107,10 @@ def test_window_errors_name_the_problem():
 def test_train_saves_the_window_and_eval_runs_it_for_the_memory_and_the_plain_model(tmp_path, capsys):
     import json
 
-    from flashmem.cli import main
-    from flashmem.records import read_records
     from tiny_assets import arithmetic_rows, make_tiny_model_dir, write_jsonl
+
+    from flashmem.cli import main
+    from flashmem.evaluation.records import read_records
 
     model = str(make_tiny_model_dir(tmp_path / "model"))
     data = str(write_jsonl(tmp_path / "q.jsonl", arithmetic_rows(8)))

@@ -1,11 +1,11 @@
 """Tiny offline assets for the training tests: small JSONL datasets (the tiny model folders and the byte
-tokenizer live in flashmem.testing)."""
+tokenizer live in flashmem.models.testing)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from flashmem.testing import make_tiny_model_dir, tiny_tokenizer  # noqa: F401  (re-exported for the tests)
+from flashmem.models.testing import make_tiny_model_dir, tiny_tokenizer  # noqa: F401  (re-exported for the tests)
 
 
 def arithmetic_rows(n: int) -> list[dict]:

@@ -15,10 +15,17 @@ from pathlib import Path
 
 import torch
 
-from flashmem.loader import load_backbone
-from flashmem.targets import (append_records, batch_seed, batches, question_key, read_cache, resume_cache,
-                              sample_batch)
-from flashmem.train import TrainConfig, load_data, self_target_settings
+from flashmem.models.loader import load_backbone
+from flashmem.training.targets import (
+    append_records,
+    batch_seed,
+    batches,
+    question_key,
+    read_cache,
+    resume_cache,
+    sample_batch,
+)
+from flashmem.training.train import TrainConfig, load_data, self_target_settings
 
 R = Path("results/qwen")
 TARGETS, PLAN = R / "self_targets_sampled.jsonl", R / "self_targets_plan.json"

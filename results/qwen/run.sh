@@ -3,6 +3,9 @@
 # Every stage resumes where it stopped (training checkpoints, eval records); run the same line again.
 #   bash results/qwen/run.sh STAGE       (stages below, in the order they were run)
 set -euo pipefail
+# Named data sets (gsm8k, mawps) come from $FLASHMEM_DATA_DIR; by default this repository's development
+# folder beside the checkout (flashmem itself never guesses one).
+export FLASHMEM_DATA_DIR="${FLASHMEM_DATA_DIR:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/data}"
 # THREADS=2 gives one stage both cores (used to finish FlashMem's training inside a session).
 THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS

@@ -6,8 +6,8 @@ then FlashMem minus every other run on the questions both answered (paired boots
 """
 from pathlib import Path
 
-from flashmem.records import read_records
-from flashmem.report import compare_runs, comparison_markdown, results_table, summarize
+from flashmem.evaluation.records import read_records
+from flashmem.evaluation.report import compare_runs, comparison_markdown, results_table, summarize
 
 E = Path("results/qwen/eval")
 RUNS = {"gsm8k": ["vanilla", "flashmem", "flashmem_foreign-context", "flashmem_mean-latents", "softprompt", "memgen"],

@@ -7,8 +7,8 @@ import json
 import sys
 
 from flashmem.api import FlashMem
-from flashmem.data import load_examples
-from flashmem.loader import load_backbone
+from flashmem.data.datasets import load_examples
+from flashmem.models.loader import load_backbone
 
 
 def main(spec: str, window: int, limit: int = 500) -> None:

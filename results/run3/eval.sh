@@ -4,6 +4,9 @@
 # (raw and length-normalised entropy) to see where the monitor fires. Resumable: rerun the same line.
 #   bash results/run3/eval.sh nll-flashmem|nll-memgen|nll-memgen-ablations|nll-softprompt|nll-norm|decode
 set -euo pipefail
+# Named data sets (gsm8k, mawps) come from $FLASHMEM_DATA_DIR; by default this repository's development
+# folder beside the checkout (flashmem itself never guesses one).
+export FLASHMEM_DATA_DIR="${FLASHMEM_DATA_DIR:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/data}"
 export OMP_NUM_THREADS=1
 M=results/run3/memories
 E=results/run3/eval

@@ -9,6 +9,9 @@
 # flashmem-norm: the same FlashMem with the length-normalised entropy (H / log n) as the monitor's signal.
 #   bash results/run3/train.sh flashmem|flashmem-norm|memgen|softprompt-sweep|softprompt
 set -euo pipefail
+# Named data sets (gsm8k, mawps) come from $FLASHMEM_DATA_DIR; by default this repository's development
+# folder beside the checkout (flashmem itself never guesses one).
+export FLASHMEM_DATA_DIR="${FLASHMEM_DATA_DIR:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/data}"
 export OMP_NUM_THREADS=1
 OUT=results/run3/memories
 COMMON=(--threads 1 --data gsm8k --steps 100 --batch-size 4 --eval-every 25 --save-every 10 --seed 0)

@@ -11,14 +11,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .backbone import Backbone
 from .config import GenerationConfig, MemoryConfig
-from .generation import RowTrace, generate
-from .loader import load_backbone
-from .memory import LatentMemory
-from .prompts import encode_prompts
-from .registry import build_memory, default_config, load_memory
-from .thresholds import needs_threshold, prompt_threshold
+from .data.prompts import encode_prompts
+from .decoding.generation import RowTrace, generate
+from .memory.base import LatentMemory
+from .memory.registry import build_memory, default_config, load_memory
+from .models.backbone import Backbone
+from .models.loader import load_backbone
+from .training.thresholds import needs_threshold, prompt_threshold
 
 
 @dataclass

@@ -8,16 +8,26 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from ..bench import BenchConfig
-from ..calibrate import CalibrateConfig
 from ..errors import FlashmemError
-from ..runtime import set_threads
-from ..train import TrainConfig
+from ..evaluation.bench import BenchConfig
+from ..models.runtime import set_threads
+from ..training.calibrate import CalibrateConfig
+from ..training.train import TrainConfig
 from ..version import __version__
-from .commands import CompareCommand, EvalCommand, GenerateCommand, run_bench, run_calibrate, run_compare, run_eval, run_generate, \
-    run_train
+from .commands import (
+    CompareCommand,
+    EvalCommand,
+    GenerateCommand,
+    run_bench,
+    run_calibrate,
+    run_compare,
+    run_eval,
+    run_generate,
+    run_train,
+)
 from .demo import DemoConfig, run_demo
-from .lm_eval import DESCRIPTION as LM_EVAL_DESCRIPTION, run_lm_eval
+from .lm_eval import DESCRIPTION as LM_EVAL_DESCRIPTION
+from .lm_eval import run_lm_eval
 from .options import add_arguments, from_args
 
 

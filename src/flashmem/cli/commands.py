@@ -8,15 +8,15 @@ import sys
 from dataclasses import MISSING, dataclass, fields, replace
 
 from ..api import FlashMem
-from ..bench import BenchConfig, bench
-from ..calibrate import CalibrateConfig, calibrate
 from ..config import GenerationConfig, ModelOptions, option
+from ..decoding.trace import plot_trace, trace_record, write_trace
 from ..errors import FlashmemError
-from ..evaluate import EvalConfig, evaluate_together
+from ..evaluation.bench import BenchConfig, bench
+from ..evaluation.evaluate import EvalConfig, evaluate_together
+from ..evaluation.report import bench_markdown, compare_runs, comparison_markdown
 from ..files import atomic_write_text
-from ..report import bench_markdown, compare_runs, comparison_markdown
-from ..trace import plot_trace, trace_record, write_trace
-from ..train import TrainConfig, train
+from ..training.calibrate import CalibrateConfig, calibrate
+from ..training.train import TrainConfig, train
 from .options import add_arguments
 
 

@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..bench import BenchConfig, bench
-from ..calibrate import CalibrateConfig, calibrate
 from ..config import ModelOptions, check, option
-from ..data import load_examples
+from ..data.datasets import load_examples
 from ..errors import FlashmemError
-from ..evaluate import EvalConfig, evaluate
+from ..evaluation.bench import BenchConfig, bench
+from ..evaluation.evaluate import EvalConfig, evaluate
 from ..files import atomic_write_text
-from ..train import MEMORY_LR, SOFTPROMPT_LR, TrainConfig, train
+from ..training.calibrate import CalibrateConfig, calibrate
+from ..training.train import MEMORY_LR, SOFTPROMPT_LR, TrainConfig, train
 from .commands import GenerateCommand, run_generate
 from .demo_report import write_report
 
@@ -44,7 +44,7 @@ class DemoConfig(ModelOptions):
     eval_split: str = option("test", "held-out split")
     eval_limit: int = option(40, "held-out questions per method")
     mawps_limit: int = option(0, "also evaluate on MAWPS: N questions (-1: all)")
-    data_dir: str | None = option(None, "folder of named datasets (default $FLASHMEM_DATA_DIR or ../shared/data)")
+    data_dir: str | None = option(None, "folder of named datasets, NAME/SPLIT.jsonl (default $FLASHMEM_DATA_DIR, then the hub)")
     steps: int | None = option(None, "training steps per method (default: from --minutes)")
     step_seconds: float = option(10.0, "expected seconds per training step, used to size --steps from --minutes")
     batch_size: int = option(4, "training examples per step")

@@ -1,13 +1,21 @@
 """The demo's report.md, from the JSON its stages wrote (nothing here is measured; every figure is read
-from a file beside it). Tables are rendered by flashmem.report."""
+from a file beside it). Tables are rendered by flashmem.evaluation.report."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
+from ..evaluation.report import (
+    bench_markdown,
+    compare_runs,
+    comparison_markdown,
+    fmt,
+    machine_info,
+    markdown_table,
+    results_table,
+)
 from ..files import atomic_write_text
-from ..report import bench_markdown, compare_runs, comparison_markdown, fmt, machine_info, markdown_table, results_table
 
 
 def _load(path: str | Path) -> dict:

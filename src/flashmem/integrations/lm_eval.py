@@ -7,23 +7,26 @@ rest of its command line to the harness's own entry point, and Python users call
 Requests are tokenised the way the harness's `hf` model does (its special-token rule, its
 context/continuation split, its prefix token for an empty context, left truncation), so with memory
 off both models score and generate the same (tests/test_lm_eval.py checks it against HFLM):
-- generate_until: batches of flashmem.generation.generate with the memory's trigger policy, greedy
+- generate_until: batches of flashmem.decoding.generation.generate with the memory's trigger policy, greedy
   unless the request samples; a row stops at EOS, at max_gen_toks or once its text holds one of
   `until`, and the text is cut at the first stop string.
-- loglikelihood: flashmem.scoring.find_insertions, one request at a time: the teacher-forced path
+- loglikelihood: flashmem.training.scoring.find_insertions, one request at a time: the teacher-forced path
   flashmem's own eval and training use (memory at the context's end, then where the trigger fires
   along the continuation).
 - loglikelihood_rolling: the harness's rolling windows, each scored as above.
 """
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import LM_EVAL_MISSING, TASKS_DIR
+from . import LM_EVAL_MISSING, render_tasks, task_names
 
 try:
     import lm_eval.models  # noqa: F401  the harness's own models first: its registry fills itself only while empty
@@ -36,13 +39,14 @@ except ImportError as err:  # pragma: no cover - exercised where the extra is mi
 from tqdm import tqdm
 
 from ..api import FlashMem
+from ..data.datasets import ENV_DATA_DIR
 from ..config import GenerationConfig
+from ..decoding.generation import generate
+from ..decoding.stopping import StopStrings
 from ..errors import FlashmemError
-from ..generation import generate
-from ..loader import load_backbone
-from ..registry import build_memory, default_config
-from ..scoring import find_insertions
-from ..stopping import StopStrings
+from ..memory.registry import build_memory, default_config
+from ..models.loader import load_backbone
+from ..training.scoring import find_insertions
 
 # The insertion-policy fields a run may override from --model_args (threshold=3.1,budget=0,...).
 POLICY_FIELDS = ("threshold", "percentile", "budget", "min_gap", "prompt_memory", "trigger_memory", "trigger",
@@ -275,9 +279,10 @@ def _batch_size(batch_size: int | str, max_batch_size: int | None) -> int:
     return size
 
 
-def cli_evaluate(argv: list[str]) -> int:
+def cli_evaluate(argv: list[str], data_dir: str | None = None) -> int:
     """The harness's own command line on argv, with `flashmem` registered. --model defaults to flashmem and
-    --include_path to flashmem's offline task YAMLs (TASKS_DIR); every other option is the harness's."""
+    --include_path to flashmem's offline task YAMLs, written into a temporary folder with their data files
+    under data_dir (else $FLASHMEM_DATA_DIR); every other option is the harness's."""
     from lm_eval.__main__ import cli_evaluate as harness_main
 
     names = {a.split("=", 1)[0] for a in argv}
@@ -285,13 +290,39 @@ def cli_evaluate(argv: list[str]) -> int:
     rest = argv[len(subcommand):]
     if not subcommand or subcommand == ["run"]:
         rest = ([] if "--model" in names else ["--model", "flashmem"]) + rest
-    if "--include_path" not in names and (subcommand or rest):
-        rest += ["--include_path", str(TASKS_DIR)]
-    saved, sys.argv = sys.argv, ["lm-eval", *(subcommand or ["run"]), *rest]
-    try:
-        harness_main()
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    finally:
-        sys.argv = saved
+    with tempfile.TemporaryDirectory(prefix="flashmem-tasks-") as scratch:
+        if "--include_path" not in names and (subcommand or rest):
+            folder = _data_folder(data_dir, _requested_tasks(rest))
+            if folder is not None:
+                rest += ["--include_path", str(render_tasks(folder, Path(scratch)))]
+        saved, sys.argv = sys.argv, ["lm-eval", *(subcommand or ["run"]), *rest]
+        try:
+            harness_main()
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        finally:
+            sys.argv = saved
     return 0
+
+
+def _requested_tasks(argv: list[str]) -> set[str]:
+    """Task names given to --tasks (comma-separated, as the harness takes them)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--tasks="):
+            return set(arg.split("=", 1)[1].split(","))
+        if arg == "--tasks" and i + 1 < len(argv):
+            return set(argv[i + 1].split(","))
+    return set()
+
+
+def _data_folder(data_dir: str | None, tasks: set[str]) -> Path | None:
+    """The folder flashmem's task files read: data_dir, else $FLASHMEM_DATA_DIR. None when neither is
+    set and no flashmem task was asked for; an error naming both when one was."""
+    chosen = data_dir or os.environ.get(ENV_DATA_DIR)
+    if chosen:
+        return Path(chosen).expanduser()
+    ours = sorted(tasks & ({*task_names(), "flashmem_local"}))
+    if ours:
+        raise FlashmemError(f"{', '.join(ours)} read local JSONL files from a data folder (gsm8k/, mawps/): pass "
+                            f"--data-dir FOLDER or set ${ENV_DATA_DIR}")
+    return None

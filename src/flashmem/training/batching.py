@@ -1,0 +1,110 @@
+"""Training sequences and the order they are read in.
+
+An example becomes (prompt ids, answer ids): the prompt through the model's chat template, the
+answer text followed by the tokenizer's EOS id (only answer tokens are scored). The micro-batch is
+one example, because each sequence gets memory at its own insertion points; an optimiser step
+accumulates `batch_size` of them. The order is a seeded permutation per epoch, so a position in
+the stream (examples consumed) is all a checkpoint needs to resume it exactly.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from ..data.datasets import Example
+from ..data.prompts import format_prompt
+from ..errors import FlashmemError
+
+
+@dataclass(frozen=True)
+class Sequence:
+    prompt: torch.Tensor  # (T,) int64
+    answer: torch.Tensor  # (N,) int64, ends with EOS
+    where: str  # "file line N", for messages
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.prompt.numel() + self.answer.numel())
+
+
+def encode_example(tokenizer, example: Example, system: str | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids + EOS) of one example, the question asked with the given system prompt."""
+    if tokenizer.eos_token_id is None:
+        raise FlashmemError("the tokenizer has no EOS token: training needs one to end answers")
+    prompt = tokenizer(format_prompt(tokenizer, example.question, system), add_special_tokens=False).input_ids
+    answer = tokenizer(example.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return prompt, answer
+
+
+def encode_examples(
+    tokenizer, examples: list[Example], max_length: int, on_bad_data: str, source: str, system: str | None = None
+) -> list[Sequence]:
+    """Tokenise; a sequence longer than max_length is an error (stop) or a counted, listed skip."""
+    kept, skipped = [], []
+    for example in examples:
+        prompt, answer = encode_example(tokenizer, example, system)
+        where = f"{source} line {example.line}"
+        length = len(prompt) + len(answer)
+        if length > max_length:
+            problem = f"{where}: sequence of {length} tokens is longer than --max-length {max_length}"
+            if on_bad_data == "stop":
+                raise FlashmemError(f"{problem} (pass --on-bad-data skip to drop such examples)")
+            skipped.append(problem)
+            continue
+        kept.append(Sequence(torch.tensor(prompt), torch.tensor(answer), where))
+    if skipped:
+        listed = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"skipped {len(skipped)} of {len(examples)} examples over --max-length: {listed}", file=sys.stderr)
+    if not kept:
+        raise FlashmemError(f"no training sequences left from {source} (all longer than --max-length {max_length})")
+    return kept
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The permutation of one epoch; a function of (seed, epoch) only."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
+
+
+@dataclass
+class DataStream:
+    """Examples in epoch order; `consumed` is the number of examples read since the start."""
+
+    n: int
+    seed: int
+    consumed: int = 0
+
+    def take(self, count: int) -> list[int]:
+        """The next `count` indices (crossing into the next epoch when one ends)."""
+        out: list[int] = []
+        while len(out) < count:
+            epoch, offset = divmod(self.consumed, self.n)
+            order = epoch_order(self.n, self.seed, epoch)
+            grab = order[offset: offset + count - len(out)]
+            out.extend(grab)
+            self.consumed += len(grab)
+        return out
+
+    @property
+    def epoch(self) -> int:
+        return self.consumed // self.n
+
+    def state(self) -> dict:
+        epoch, offset = divmod(self.consumed, self.n)
+        return {"n": self.n, "seed": self.seed, "consumed": self.consumed, "epoch": epoch,
+                "position": offset, "permutation": epoch_order(self.n, self.seed, epoch)}
+
+    def restore(self, state: dict) -> None:
+        if state["n"] != self.n or state["seed"] != self.seed:
+            raise FlashmemError(
+                f"checkpoint data order is for {state['n']} examples with seed {state['seed']}, "
+                f"this run has {self.n} with seed {self.seed}: the data or its filtering changed"
+            )
+        self.consumed = int(state["consumed"])
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """This process's part of a global batch (strided, so sizes differ by at most one)."""
+    return items[rank::world]
