@@ -136,3 +136,55 @@ def test_train_saves_the_window_and_eval_runs_it_for_the_memory_and_the_plain_mo
     assert [r["nll"] for r in cut[1]] != [r["nll"] for r in whole[1]]  # the cut reached the scored NLL too
     labels = [run["label"] for run in compare_runs([tmp_path / f"{n}.json" for n in ("plain", "plain_cut", "flashmem")])["runs"]]
     assert labels == ["vanilla", "vanilla, prompt cut, last 2 kept", "flashmem (mem), prompt cut, last 2 kept"]
+
+
+def with_question_changed(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The same prompts with one token inside the window (the question) changed."""
+    other = ids.clone()
+    other[:, -2] = 3 + (ids[:, -2] - 2) % (vocab - 3)
+    return other
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_query_agnostic_memory_is_made_before_the_window_and_never_reads_it(family):
+    model = tiny_model(family)
+    bb = Backbone(model)
+    ids, _, mask = prompts(model.config.vocab_size)
+    memory = memory_of(bb, query_agnostic=True)
+    logits, res = step_logits(bb, ids, mask, memory, keep=True)
+    # the latents are what the memory makes from the prompt without its window, read on its own
+    from flashmem.decoding.engine import memory_context, prefill
+    alone, _ = prefill(bb, ids[:, :-WINDOW], mask[:, :-WINDOW], SINKS)
+    with torch.no_grad():
+        assert torch.allclose(res.latents[0][1], memory(memory_context(bb, alone)), atol=1e-5)
+    # a different question: the same latents, a different answer
+    _, changed = step_logits(bb, with_question_changed(ids, bb.vocab_size), mask, memory, keep=True)
+    assert torch.allclose(res.latents[0][1], changed.latents[0][1], atol=1e-6)
+    aware, _ = step_logits(bb, ids, mask, memory_of(bb), keep=True)  # made after the question: it differs
+    assert not torch.allclose(logits[0], aware[0], atol=1e-4)
+    # after the memory the sequence is the same as the query-aware cut's: sinks, latents, window, answer
+    emb, k = model.get_input_embeddings(), memory.config.num_latents
+    for r in range(2):
+        pieces = [emb(ids[r, :SINKS]), res.latents[0][1][r], emb(ids[r, -WINDOW:])]
+        positions = [*range(SINKS), *range(LENGTH - WINDOW, LENGTH - WINDOW + k + WINDOW)]
+        for token in res.tokens[r][:-1]:
+            pieces.append(emb(torch.tensor([token])))
+            positions.append(positions[-1] + 1)
+        full = reference_logits(model, pieces, positions)
+        for step in range(len(res.tokens[r])):
+            assert torch.allclose(full[SINKS + k + WINDOW - 1 + step], logits[step, r], atol=1e-4), (r, step)
+
+
+def test_query_agnostic_training_path_nll_equals_generation_nll():
+    bb = Backbone(tiny_model("llama"))
+    g = torch.Generator().manual_seed(7)
+    prompt, answer = torch.randint(3, 200, (LENGTH,), generator=g), torch.randint(3, 200, (12,), generator=g)
+    memory = memory_of(bb, query_agnostic=True)
+    res = generate(bb, prompt[None], torch.ones(1, LENGTH, dtype=torch.long), memory, forced=answer[None])
+    scored = score_with_insertions(bb, memory, prompt, answer, [])
+    assert abs(scored.nll.item() + res.logprobs.sum().item()) < 1e-4
+
+
+def test_query_agnostic_needs_a_window():
+    with pytest.raises(FlashmemError, match="query_agnostic needs prompt_window > 0"):
+        MemoryConfig(query_agnostic=True)

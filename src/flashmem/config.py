@@ -60,6 +60,9 @@ class MemoryConfig:
     prompt_window: int = option(0, "after the prompt-end memory, cut the prompt from the cache but its attention "
                                 "sinks and read its last N tokens again after the memory (0: off): the rest of the "
                                 "prompt then reaches the answer only through the memory")
+    query_agnostic: bool = option(False, "with prompt_window N: make the prompt-end memory before the prompt's last "
+                                  "N tokens (the question) are read, so it holds the document whatever is asked "
+                                  "(flashmem's own extension; off: the paper's memory, made after the question)")
     lora_r: int = option(16, "MemGen weaver LoRA rank")
     lora_alpha: int = option(32, "MemGen weaver LoRA alpha")
     reprefill: bool = option(False, "MemGen: re-prefill the reasoner's whole cache after each insertion, as its code does")
@@ -85,6 +88,8 @@ class MemoryConfig:
             # MemGen's weaver re-reads the token ids and re-prefills from them: a masked cache hides nothing from it.
             (self.prompt_window == 0 or not (self.reprefill or self.method == "memgen"),
              "prompt_window needs a memory that reads the cache (flashmem, softprompt), not MemGen's weaver"),
+            (not self.query_agnostic or self.prompt_window > 0,
+             "query_agnostic needs prompt_window > 0: the window is the question the memory must not see"),
         ], "memory config")
 
     @property

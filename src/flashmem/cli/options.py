@@ -87,8 +87,14 @@ def from_args(cls: type, args: argparse.Namespace):
             given_nested[f.name] = {g.name: getattr(args, g.name) for g, _ in _cli_fields(nested) if hasattr(args, g.name)}
         elif hasattr(args, f.name):
             values[f.name] = getattr(args, f.name)
+    # A config whose checks look into a nested one (TrainConfig: --recon-weight needs the memory's window) says
+    # what that nested default is, so the nested config is whole before the parent's checks run.
+    defaults = cls.nested_defaults(values) if hasattr(cls, "nested_defaults") else {}
+    for name, given in given_nested.items():
+        if given and name in defaults:
+            values[name] = replace(defaults[name], **given)
     config = cls(**values)
     for name, given in given_nested.items():
-        if given:  # only what was given replaces the parent's default for the nested config
+        if given and name not in defaults:  # only what was given replaces the parent's default for the nested config
             config = replace(config, **{name: replace(getattr(config, name), **given)})
     return config

@@ -304,7 +304,10 @@ def question_suffix(fact: Fact) -> str:
 def make_document(spec: RecallSpec, split: str, index: int) -> Document:
     """Item ``index``'s document with all its facts, so one document can serve a question per fact."""
     _check_split(split, index)
-    rng = item_rng(spec.seed, split, index)
+    return _document(spec, item_rng(spec.seed, split, index))
+
+
+def _document(spec: RecallSpec, rng: random.Random) -> Document:
     facts = draw_facts(rng, spec.facts)  # facts[0] is the needle; drawn first so they do not
     fraction = needle_fraction(spec, rng)  # depend on context (items are paired across lengths)
     sentences = place_facts(filler(rng, filler_chars(spec.context, facts, question_suffix(facts[0]))), facts,
@@ -325,6 +328,40 @@ def _check_split(split: str, index: int) -> None:
         raise FlashmemError(f"recall has no split {split!r}; it has {', '.join(SPLIT_SIZES)}")
     if not 0 <= index < SPLIT_SIZES[split]:
         raise FlashmemError(f"recall {split} has items 0..{SPLIT_SIZES[split] - 1}, got {index}")
+
+
+# ---- a stream of new documents for training --------------------------------------------------------
+STREAM = "stream"  # the random streams' split name: none of its documents is a train/validation/test item
+STREAM_ITEMS = 10**9  # as good as endless: a training run reads a few thousand
+
+
+class RecallStream:
+    """Training examples that never repeat a document: item i asks about fact i % q of document i // q,
+    document j drawn from its own random stream (seed, "stream", j). q = questions_per_document > 1
+    lets one document serve several consecutive examples (a batch of q asks about one document)."""
+
+    def __init__(self, spec: RecallSpec, questions_per_document: int = 1):
+        if not 1 <= questions_per_document <= spec.facts:
+            raise FlashmemError(f"recall: questions per document must be in 1..{spec.facts} (the facts), "
+                                f"got {questions_per_document}")
+        self.spec, self.q = spec, questions_per_document
+        self._last: tuple[int, Document] | None = None
+
+    def __len__(self) -> int:
+        return STREAM_ITEMS
+
+    def document(self, j: int) -> Document:
+        if self._last is None or self._last[0] != j:
+            self._last = (j, _document(self.spec, item_rng(self.spec.seed, STREAM, j)))
+        return self._last[1]
+
+    def __getitem__(self, i: int) -> Example:
+        if not 0 <= i < STREAM_ITEMS:
+            raise FlashmemError(f"recall stream has items 0..{STREAM_ITEMS - 1}, got {i}")
+        doc = self.document(i // self.q)
+        fact = doc.facts[i % self.q]
+        return Example(doc.text + question_suffix(fact), fact.sentence(), fact.value, KIND,
+                       f"{spec_string(self.spec)} ({STREAM})", i + 1)
 
 
 # ---- a split -------------------------------------------------------------------------------------

@@ -205,39 +205,59 @@ def prompt_memory(bb: Backbone, memory: LatentMemory | None, state: DecodeState,
     """Memory at the end of every prompt, when the policy asks for it and the context has room.
 
     window > 0 (MemoryConfig.prompt_window) cuts the prompt from the cache once the memory is made:
-    see cut_prompt. Without a memory (policy None) only the cut happens."""
+    see cut_prompt. A query-agnostic policy makes that memory before the window is read (rewind).
+    Without a memory (policy None) only the cut happens."""
     make = policy is not None and policy.prompt_memory and room_for(bb, state, policy.num_latents + window)
     if window <= 0:
         return consolidate(bb, memory, state, [True] * state.mask.shape[0]) if make else None
+    agnostic = make and policy.query_agnostic
+    _check_window(state, window, window + 1 if agnostic else window)
+    tail = rewind(bb, state, window) if agnostic else state.ids[:, state.length - window:]
     latents = memory(memory_context(bb, state)) if make else None
-    cut_prompt(bb, state, window, latents)
+    cut_prompt(bb, state, tail, latents)
     return latents
 
 
-def cut_prompt(bb: Backbone, state: DecodeState, keep_last: int, latents: torch.Tensor | None) -> None:
-    """Take the prompt out of reach right after prefill: every prompt slot but the attention sinks is
-    masked for all that follows (decoding, the monitor, later consolidations), then the latents (made
-    from the whole prompt) and the prompt's last keep_last tokens (the question, the chat turn) are
-    forwarded after it as one chunk. Both are computed afresh on the cut cache: had they been cached
-    while the prompt was visible, their keys and values would carry the prompt past the cut whatever
-    the memory held. What the rest of the prompt held reaches the answer only through the latent
-    vectors."""
-    prompt_length = state.length
+def rewind(bb: Backbone, state: DecodeState, n: int) -> torch.Tensor:
+    """Step back to before the prompt's last n tokens (B, n), returned: the state is then the one a prefill
+    of the rest alone gives (attention is causal), so a memory made now cannot depend on them."""
+    tail, last = state.ids[:, -n:], state.ids[:, -n - 1:-n]
+    drop_last(bb, state, n + 1)  # the last n columns are real in every row: prompts are left-padded
+    append_tokens(state, last)  # read again for the hidden state and logits the memory starts from
+    out = forward_chunk(bb, state, bb.embed(last), [True] * last.shape[0])
+    state.logits, state.hidden = out.logits[:, -1], out.hidden[:, -1]
+    return tail
+
+
+def _check_window(state: DecodeState, window: int, need: int) -> None:
+    """Every prompt has `need` tokens besides its sinks (the window, and one more to rewind to)."""
     shortest = int((state.mask.sum(-1) - state.sinks.sum(-1)).min())
-    if shortest < keep_last:
-        raise FlashmemError(f"prompt window {keep_last} needs prompts of more than {keep_last} tokens besides the "
+    if shortest < need:
+        raise FlashmemError(f"prompt window {window} needs prompts of more than {need} tokens besides the "
                             f"attention sinks; one prompt has {shortest}")
-    extra = keep_last + (0 if latents is None else latents.shape[1])
+
+
+def cut_prompt(bb: Backbone, state: DecodeState, tail: torch.Tensor, latents: torch.Tensor | None,
+               all_logits: bool = False) -> StepOutput:
+    """Take the prompt out of reach: every prompt slot but the attention sinks is masked for all that
+    follows (decoding, the monitor, later consolidations), then the latents (made from the prompt)
+    and `tail` (B, N), the prompt's last tokens (the question, the chat turn), are forwarded after it
+    as one chunk. Both are computed afresh on the cut cache: had they been cached while the prompt
+    was visible, their keys and values would carry the prompt past the cut whatever the memory
+    held. What the rest of the prompt held reaches the answer only through the latent vectors.
+    Returns the chunk's output (all_logits: every slot's logits, for scoring what follows the memory)."""
+    extra = tail.shape[1] + (0 if latents is None else latents.shape[1])
     if not room_for(bb, state, extra + 1):
-        raise FlashmemError(f"prompt window {keep_last}: no room left in the model's context to re-read the prompt's end")
+        raise FlashmemError(f"prompt window {tail.shape[1]}: no room left in the model's context to re-read the "
+                            "prompt's end")
     state.mask = state.mask.masked_fill(~state.sinks, 0)  # a new tensor: saved copies of the state keep theirs
-    tail = state.ids[:, prompt_length - keep_last:]
     append_tokens(state, tail)
     chunk = bb.embed(tail) if latents is None else torch.cat([latents, bb.embed(tail)], 1)
-    out = forward_chunk(bb, state, chunk, [True] * tail.shape[0])
+    out = forward_chunk(bb, state, chunk, [True] * tail.shape[0], all_logits=all_logits)
     state.logits, state.hidden = out.logits[:, -1], out.hidden[:, -1]
     if latents is not None:
         state.made = state.made + 1
+    return out
 
 
 def maybe_consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, trigger: Trigger,

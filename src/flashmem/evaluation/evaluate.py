@@ -266,9 +266,9 @@ def record_identity(cfg: EvalConfig, fm: FlashMem) -> dict:
     if cfg.prompt_window and fm.config is None:
         identity["prompt_window"] = cfg.prompt_window
     if fm.config is not None:
-        # prompt_window only when set, so records written before it existed still resume
+        # prompt_window and query_agnostic only when set, so records written before they existed still resume
         identity["memory_config"] = {k: v for k, v in asdict(fm.config).items()
-                                     if k != "version" and (k != "prompt_window" or v)}
+                                     if k != "version" and (k not in ("prompt_window", "query_agnostic") or v)}
         identity["memory_weights"] = _file_digest(Path(cfg.memory) / WEIGHTS_NAME) if cfg.memory else "untrained, seed 0"
     return identity
 

@@ -161,6 +161,18 @@ class Backbone:
         cache.batch_select_indices(rows)
 
     @staticmethod
+    def extend_cache(cache: DynamicCache, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Append given entries to every layer: keys[i], values[i] (B, n_kv, K, D), keys already rotated.
+
+        Memory handed to the model as keys/values at every layer rather than as input embeddings; the
+        entries keep their autograd history, so they can be optimised through the frozen model."""
+        if len(keys) != len(cache.layers) or len(values) != len(cache.layers):
+            raise FlashmemError(f"extend_cache needs one key and one value tensor per layer ({len(cache.layers)}), "
+                                f"got {len(keys)} and {len(values)}")
+        for layer, k, v in zip(cache.layers, keys, values):
+            layer.update(k, v)
+
+    @staticmethod
     def crop(cache: DynamicCache, keep: int) -> None:
         """Keep the first `keep` positions of every layer."""
         drop = cache.get_seq_length() - keep
@@ -219,6 +231,11 @@ class Backbone:
         for layer, piece in zip(layers, part.layers):  # update(): each layer type appends (and slides) its own way
             layer.update(_rows_into(piece.keys[:, :, -q:], index, b), _rows_into(piece.values[:, :, -q:], index, b))
         return StepOutput(logits=_rows_into(out.logits, index, b), hidden=_rows_into(out.hidden, index, b), query=None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on hidden states (..., d) taken after the final norm (StepOutput.hidden): a caller
+        that needs a few positions' logits pays for those only."""
+        return self.model.lm_head(hidden)
 
     def rotary(self, like: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for positions (B, Q): (B, Q, D) in like's dtype."""

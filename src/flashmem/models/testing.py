@@ -59,12 +59,12 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_tiny_model_dir(path: str | Path, model_type: str = "llama", seed: int = 0) -> Path:
+def make_tiny_model_dir(path: str | Path, model_type: str = "llama", seed: int = 0, **overrides: Any) -> Path:
     """Save a tiny random model plus the byte tokenizer into path (llama: transformers 5 swaps the
-    tokenizer saved beside a qwen2 config for its own)."""
+    tokenizer saved beside a qwen2 config for its own); overrides go to its config."""
     path = Path(path)
     tokenizer = tiny_tokenizer()
-    model = tiny_model(model_type, seed=seed, vocab_size=len(tokenizer))
+    model = tiny_model(model_type, seed=seed, **{"vocab_size": len(tokenizer), **overrides})
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -23,6 +23,7 @@ class Sequence:
     prompt: torch.Tensor  # (T,) int64
     answer: torch.Tensor  # (N,) int64, ends with EOS
     where: str  # "file line N", for messages
+    reconstruct: bool = True  # False: another example of the same document rebuilds it (objectives.py)
 
     @property
     def n_tokens(self) -> int:
@@ -70,19 +71,23 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 @dataclass
 class DataStream:
-    """Examples in epoch order; `consumed` is the number of examples read since the start."""
+    """Examples in epoch order; `consumed` is the number of examples read since the start. Unshuffled
+    (a generated stream, where every example is new), the order is the examples' own."""
 
     n: int
     seed: int
     consumed: int = 0
+    shuffle: bool = True
+
+    def order(self, epoch: int) -> list[int] | range:
+        return epoch_order(self.n, self.seed, epoch) if self.shuffle else range(self.n)
 
     def take(self, count: int) -> list[int]:
         """The next `count` indices (crossing into the next epoch when one ends)."""
         out: list[int] = []
         while len(out) < count:
             epoch, offset = divmod(self.consumed, self.n)
-            order = epoch_order(self.n, self.seed, epoch)
-            grab = order[offset: offset + count - len(out)]
+            grab = list(self.order(epoch)[offset: offset + count - len(out)])
             out.extend(grab)
             self.consumed += len(grab)
         return out
@@ -93,8 +98,8 @@ class DataStream:
 
     def state(self) -> dict:
         epoch, offset = divmod(self.consumed, self.n)
-        return {"n": self.n, "seed": self.seed, "consumed": self.consumed, "epoch": epoch,
-                "position": offset, "permutation": epoch_order(self.n, self.seed, epoch)}
+        state = {"n": self.n, "seed": self.seed, "consumed": self.consumed, "epoch": epoch, "position": offset}
+        return {**state, "permutation": epoch_order(self.n, self.seed, epoch)} if self.shuffle else state
 
     def restore(self, state: dict) -> None:
         if state["n"] != self.n or state["seed"] != self.seed:
@@ -108,3 +113,28 @@ class DataStream:
 def shard(items: list, rank: int, world: int) -> list:
     """This process's part of a global batch (strided, so sizes differ by at most one)."""
     return items[rank::world]
+
+
+class LazySequences:
+    """Examples tokenised when read (a generated stream too long to encode up front), the same way
+    encode_examples does one; an over-long one is an error naming it."""
+
+    def __init__(self, tokenizer, examples, max_length: int, source: str, system: str | None = None,
+                 per_document: int = 1):
+        self.tokenizer, self.examples, self.max_length, self.source, self.system = \
+            tokenizer, examples, max_length, source, system
+        self.per_document = per_document  # consecutive examples share a document: the first reconstructs it
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        example = self.examples[index]
+        prompt, answer = encode_example(self.tokenizer, example, self.system)
+        where = f"{self.source} item {example.line}"
+        if len(prompt) + len(answer) > self.max_length:
+            raise FlashmemError(f"{where}: sequence of {len(prompt) + len(answer)} tokens is longer than "
+                                f"--max-length {self.max_length}")
+        return Sequence(torch.tensor(prompt), torch.tensor(answer), where, reconstruct=index % self.per_document == 0)

@@ -40,6 +40,8 @@ class ScoredAnswer:
     # answer tokens that were not the argmax of their logits (a device tensor: read it only when needed);
     # 0 means greedy decoding would have produced the answer (lm-eval's is_greedy)
     misses: torch.Tensor | int = 0
+    # summed KL(teacher || model) over the answer tokens, when a teacher's log-probabilities were given
+    kl: torch.Tensor | float = 0.0
 
 
 def find_insertions(bb: Backbone, memory: LatentMemory | None, prompt: torch.Tensor, answer: torch.Tensor,
@@ -59,14 +61,18 @@ def score_with_insertions(bb: Backbone, memory: LatentMemory | None, prompt: tor
 
 
 def training_nll(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor, answer: torch.Tensor,
-                 policy: MemoryConfig | None = None) -> ScoredAnswer:
+                 policy: MemoryConfig | None = None, teacher: torch.Tensor | None = None,
+                 state: DecodeState | None = None) -> ScoredAnswer:
     """Where the trigger fires is not differentiable: find it without grad, then score with grad.
+    teacher: (N, V) log-probabilities of each answer token's distribution from a teacher (objectives.py);
+    given, the result's kl is summed over the answer. state: encode_prompt's result for this prompt, when the
+    caller already has it (it is used up).
 
     The prompt is encoded once: the search only appends to its cache, so cutting the cache back to
     the prompt and restoring the state's small tensors gives the scoring pass the same start.
     """
     policy = _policy(memory, policy)
-    state = encode_prompt(bb, policy, prompt)
+    state = state if state is not None else encode_prompt(bb, policy, prompt)
     insertions: list[int] = []
     if policy.trigger_memory and policy.budget > 0:
         start = replace(state)  # the tensors are replaced, never changed in place, as the state grows
@@ -74,7 +80,7 @@ def training_nll(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor, answe
             insertions = _run(bb, memory, policy, state, answer, None, False).insertions
         bb.crop(start.cache, start.length)
         state = start
-    return _run(bb, memory, policy, state, answer, insertions, False)
+    return _run(bb, memory, policy, state, answer, insertions, False, teacher=teacher)
 
 
 def encode_prompt(bb: Backbone, policy: MemoryConfig | None, prompt: torch.Tensor) -> DecodeState:
@@ -92,7 +98,7 @@ def _policy(memory: LatentMemory | None, policy: MemoryConfig | None) -> MemoryC
 
 
 def _run(bb, memory, policy, state: DecodeState, answer: torch.Tensor, insertions: list[int] | None,
-         with_entropy: bool, window: int = 0) -> ScoredAnswer:
+         with_entropy: bool, window: int = 0, teacher: torch.Tensor | None = None) -> ScoredAnswer:
     """Continue from the prompt's state over answer (N,); insertions None means: let the trigger decide."""
     decide = insertions is None and policy is not None
     trigger = Trigger.build(bb, policy if decide else None, 1, answer.device)
@@ -103,7 +109,7 @@ def _run(bb, memory, policy, state: DecodeState, answer: torch.Tensor, insertion
     pos, n = 0, int(answer.numel())
     while pos < n:
         end = n if not planned else min(planned.pop(0) + 1, n)
-        cut = _score_chunk(bb, state, answer, pos, end, trigger, watch, result)
+        cut = _score_chunk(bb, state, answer, pos, end, trigger, watch, result, teacher)
         pos += answer[pos:end].numel() if cut is None else cut + 1
         if cut is not None and pos < n and room_for(bb, state, policy.num_latents + 1):
             consolidate(bb, memory, state, [True])
@@ -113,7 +119,7 @@ def _run(bb, memory, policy, state: DecodeState, answer: torch.Tensor, insertion
 
 
 def _score_chunk(bb, state: DecodeState, answer, pos: int, end: int, trigger: Trigger, watch: bool,
-                 result: ScoredAnswer) -> int | None:
+                 result: ScoredAnswer, teacher: torch.Tensor | None = None) -> int | None:
     """Forward answer[pos:end], add the NLL of its tokens up to the first insertion, forget the rest.
 
     Returns the index in the chunk after which memory goes (the trigger's, or a planned one at the
@@ -133,8 +139,16 @@ def _score_chunk(bb, state: DecodeState, answer, pos: int, end: int, trigger: Tr
     keep = chunk.shape[1] if cut is None else cut + 1
     result.nll = result.nll + torch.nn.functional.cross_entropy(logits[:keep].float(), chunk[0, :keep], reduction="sum")
     result.misses = result.misses + (logits[:keep].detach().argmax(-1) != chunk[0, :keep]).sum()
+    if teacher is not None:
+        result.kl = result.kl + kl_divergence(teacher[pos:pos + keep], logits[:keep])
     if entropy is not None:
         result.entropies.extend(entropy[:keep].tolist())
     drop_last(bb, state, chunk.shape[1] - keep)
     state.logits, state.hidden = out.logits[:, keep - 1], out.hidden[:, keep - 1]
     return cut
+
+
+def kl_divergence(teacher_logprobs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Summed KL(teacher || model) over rows: teacher_logprobs and logits (n, V)."""
+    student = torch.log_softmax(logits.float(), dim=-1)
+    return (teacher_logprobs.exp() * (teacher_logprobs - student)).sum()

@@ -21,11 +21,13 @@ import torch
 from ..config import MemoryConfig, ModelOptions, check, option
 from ..data.datasets import ON_ERROR, load_examples, split_validation
 from ..data.prompts import PROMPTS, system_prompt
+from ..data.recall import STREAM, RecallStream, is_recall_spec, parse_spec, spec_string
 from ..errors import FlashmemError
 from ..memory.registry import METHOD_NAMES, build_memory, default_config, identity_mismatch
 from ..models.loader import load_backbone
-from .batching import Sequence, encode_examples
+from .batching import LazySequences, Sequence, encode_examples
 from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint
+from .objectives import Objective
 from .targets import SelfTargetSettings, build_self_targets
 from .thresholds import needs_threshold, sequence_threshold
 from .trainer import Trainer
@@ -81,6 +83,18 @@ class TrainConfig(ModelOptions):
     minutes: float | None = option(None, "stop and save cleanly after M minutes of training")
     prompt: str = option("plain", "system prompt the questions are asked with (plain: none; boxed: ask for "
                          "\\boxed{} final answers)", choices=tuple(PROMPTS))
+    sft_weight: float = option(1.0, "weight of the answer's NLL with the memory (the paper's objective)")
+    kl_weight: float = option(0.0, "weight of distillation: KL per answer token from the same frozen model with the "
+                              "whole prompt in view and no memory")
+    recon_weight: float = option(0.0, "weight of reconstructing what the cut evicted (the prompt between the sinks "
+                                 "and --prompt-window) from the memory alone; needs --prompt-window")
+    recon_tokens: int = option(256, "--recon-weight: most evicted tokens scored (the first ones)")
+    recon_digit_weight: float = option(1.0, "--recon-weight: weight of tokens holding a digit (a recall fact's value)")
+    stream: bool = option(False, "recall only: a newly generated document for every training example, never "
+                          "repeated (needs --steps); held out: the first --val-size items of the validation split")
+    questions_per_document: int = option(1, "--stream: consecutive examples asking about one document's facts "
+                                         "(1: its needle only); a --batch-size of the same number gives each step "
+                                         "one document")
     memory: MemoryConfig | None = option(None, "The memory and its insertion policy. Defaults are the method's own: "
                                          "MemGen uses the delimiter trigger, budget 3, gap 1.")
 
@@ -104,7 +118,26 @@ class TrainConfig(ModelOptions):
             (self.self_temperature >= 0, f"--self-temperature must be >= 0, got {self.self_temperature}"),
             (min(self.eval_every, self.val_size, self.save_every) >= 0,
              "--eval-every, --val-size and --save-every must be >= 0"),
+            (min(self.sft_weight, self.kl_weight, self.recon_weight) >= 0
+             and self.sft_weight + self.kl_weight + self.recon_weight > 0,
+             "--sft-weight, --kl-weight and --recon-weight must be >= 0, one of them > 0"),
+            (self.recon_weight == 0 or self.memory.prompt_window > 0,
+             "--recon-weight needs --prompt-window N: the reconstruction is of what the cut evicted"),
+            (self.recon_tokens >= 1 and self.recon_digit_weight > 0,
+             "--recon-tokens must be >= 1 and --recon-digit-weight > 0"),
+            (not self.stream or (is_recall_spec(self.data.strip().lower()) and self.steps is not None),
+             "--stream needs --data recall[:...] and --steps (the stream has no epochs)"),
+            (self.questions_per_document >= 1, f"--questions-per-document must be >= 1, got {self.questions_per_document}"),
         ], "training config")
+
+    @staticmethod
+    def nested_defaults(values: dict) -> dict:
+        """The memory config a run of these values starts from (the method's own), for the command line."""
+        return {"memory": default_config(values.get("method", "flashmem"))}
+
+    @property
+    def objective(self) -> Objective:
+        return Objective(self.sft_weight, self.kl_weight, self.recon_weight, self.recon_tokens, self.recon_digit_weight)
 
 
 def train(cfg: TrainConfig) -> int:
@@ -126,7 +159,9 @@ def train(cfg: TrainConfig) -> int:
             # score drift from the dataset's style, and a learning-rate sweep would pick the rate that moves least.
             val_ex = self_targets(bb, val_ex, cfg, required=False) if val_ex else []
     system = system_prompt(cfg.prompt)
-    train_seqs = encode_examples(bb.tokenizer, train_ex, cfg.max_length, cfg.on_bad_data, source, system)
+    train_seqs = LazySequences(bb.tokenizer, train_ex, cfg.max_length, source, system, cfg.questions_per_document) \
+        if cfg.stream else \
+        encode_examples(bb.tokenizer, train_ex, cfg.max_length, cfg.on_bad_data, source, system)
     val_seqs = encode_examples(bb.tokenizer, val_ex, cfg.max_length, "skip", source, system) if val_ex else []
     trainer = Trainer(bb, memory, policy, train_seqs, val_seqs, cfg, acc, total_steps(cfg, len(train_seqs)))
     if ckpt is not None:
@@ -214,7 +249,12 @@ def seed_everything(seed: int) -> None:
 
 
 def load_data(cfg: TrainConfig):
-    """(train examples, validation examples, label of the source) from the training split."""
+    """(train examples, validation examples, label of the source) from the training split, or, with --stream,
+    from an endless stream of new recall documents and the validation split."""
+    if cfg.stream:
+        stream = RecallStream(parse_spec(cfg.data.strip().lower()), cfg.questions_per_document)
+        val_ex = load_examples(cfg.data, "validation", limit=cfg.val_size)[0] if cfg.val_size > 0 else []
+        return stream, val_ex, f"{spec_string(stream.spec)} ({STREAM})"
     examples, report = load_examples(cfg.data, "train", cfg.data_dir, cfg.question_field, cfg.answer_field,
                                      cfg.limit, cfg.on_bad_data)
     if report.skipped:

@@ -26,7 +26,8 @@ from ..memory.registry import load_trained_state, save_memory
 from ..models.backbone import Backbone
 from .batching import DataStream, Sequence, shard
 from .checkpoint import Checkpoint, rng_state, save_checkpoint, set_rng_state
-from .scoring import find_insertions, training_nll
+from .objectives import sequence_loss
+from .scoring import find_insertions
 
 TRAIN_CONFIG = "train_config.json"  # the TrainConfig a memory was trained with, saved beside it
 
@@ -42,6 +43,13 @@ class StepResult:
     answer_tokens: int
     insertions: float  # triggered consolidations per example
     stop: bool
+    kl: float = 0.0  # mean KL to the full-view teacher per answer token (--kl-weight)
+    recon: float = 0.0  # weighted reconstruction NLL per weighted token (--recon-weight)
+
+
+def _number(value) -> float:
+    """A loss part as a float for the log (a tensor is detached first)."""
+    return float(value.detach()) if torch.is_tensor(value) else float(value)
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -75,7 +83,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = math.ceil(cfg.warmup * total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total_steps, warmup))
-        self.stream = DataStream(len(train), cfg.seed)
+        self.stream = DataStream(len(train), cfg.seed, shuffle=not cfg.stream)
+        self.objective = cfg.objective
         self.step, self.elapsed_before, self.tokens_before = 0, 0.0, 0
         self.stop_signal: str | None = None
 
@@ -101,30 +110,44 @@ class Trainer:
         batch = [self.train[i] for i in self.stream.take(self.cfg.batch_size)]
         answer_tokens = sum(int(s.answer.numel()) for s in batch)
         self.optimizer.zero_grad(set_to_none=False)
-        nll, insertions = 0.0, 0
+        sums = torch.zeros(5, dtype=torch.float64)  # nll, kl, recon, recon weight, insertions
+        rebuilt = max(sum(s.reconstruct for s in batch), 1)  # sequences that reconstruct their document
         for seq in shard(batch, self.acc.process_index, self.acc.num_processes):
             with self.autocast():
-                scored = training_nll(self.bb, self.memory, seq.prompt.to(self.bb.device), seq.answer.to(self.bb.device),
-                                      policy=self.policy)
-            # Divided by the whole step's answer tokens, so summing over examples and processes gives the mean.
-            (scored.nll / answer_tokens).backward()
-            nll += float(scored.nll.detach())
-            insertions += len(scored.insertions)
+                part = sequence_loss(self.bb, self.memory, seq.prompt.to(self.bb.device), seq.answer.to(self.bb.device),
+                                     self.policy, self.objective, seq.reconstruct)
+            self.step_loss(part, answer_tokens, rebuilt).backward()
+            sums += torch.tensor([_number(part.nll), _number(part.kl), _number(part.recon), part.recon_weight,
+                                  part.insertions], dtype=torch.float64)
         stop = self.stop_signal is not None or (deadline is not None and time.monotonic() > deadline)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = self._sum_across(torch.cat([g.reshape(-1).float() for g in grads]))  # one all-reduce, not one per tensor
-        offset = 0
-        for p, g in zip(self.params, grads):
-            p.grad = flat[offset: offset + g.numel()].view_as(p).to(p.dtype)
-            offset += g.numel()
-        totals = torch.tensor([nll, insertions, float(stop)], dtype=torch.float64, device=self.bb.device)
-        nll, insertions, stop = self._sum_across(totals).tolist()
+        self._reduce_grads()
+        totals = torch.cat([sums, torch.tensor([float(stop)], dtype=torch.float64)]).to(self.bb.device)
+        nll, kl, recon, recon_weight, insertions, stop = self._sum_across(totals).tolist()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return StepResult(nll / answer_tokens, float(grad_norm), sum(s.n_tokens for s in batch), answer_tokens,
-                          insertions / len(batch), stop > 0)
+                          insertions / len(batch), stop > 0, kl / answer_tokens, recon / max(recon_weight, 1e-9))
+
+    def step_loss(self, part, answer_tokens: int, rebuilt: int) -> torch.Tensor:
+        """One sequence's share of the step's loss. Answer terms are divided by the whole step's answer tokens
+        and the reconstruction by the number of sequences that rebuild a document, so summing over examples
+        and processes gives the means."""
+        o = self.objective
+        loss = (o.sft * part.nll + o.kl * part.kl) / answer_tokens
+        if o.recon > 0 and part.recon_weight > 0:
+            loss = loss + o.recon * part.recon / part.recon_weight / rebuilt
+        return loss
+
+    def _reduce_grads(self) -> None:
+        """Sum the gradients over processes: one all-reduce of them all, not one per tensor."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = self._sum_across(torch.cat([g.reshape(-1).float() for g in grads]))
+        offset = 0
+        for p, g in zip(self.params, grads):
+            p.grad = flat[offset: offset + g.numel()].view_as(p).to(p.dtype)
+            offset += g.numel()
 
     def validation_record(self) -> dict:
         """The held-out loss for the log, with what it scored (--targets: references or own solutions)."""
@@ -230,10 +253,7 @@ class Trainer:
                 result = self.train_step(deadline)
                 tokens += result.tokens
                 elapsed = time.monotonic() - start
-                record = {"step": self.step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                          "tokens": result.tokens, "answer_tokens": result.answer_tokens,
-                          "tokens_per_s": result.tokens / max(time.monotonic() - t0, 1e-9),
-                          "insertions": result.insertions, "elapsed": self.elapsed_before + elapsed}
+                record = self.step_record(result, lr, time.monotonic() - t0, self.elapsed_before + elapsed)
                 # Every eval_every steps, and at the end (last step or --minutes, not a signal: that must be quick).
                 last = self.step == self.total or (result.stop and self.stop_signal is None)
                 if self.val and self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or last):
@@ -254,6 +274,18 @@ class Trainer:
         self.save(self.elapsed_before + elapsed, self.tokens_before + tokens)
         self._save_outputs()
         return self._summary(result, tokens, elapsed)
+
+    def step_record(self, result: StepResult, lr: float, seconds: float, elapsed: float) -> dict:
+        """One step's line in the log (the objective's other parts when they are on)."""
+        record = {"step": self.step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                  "tokens": result.tokens, "answer_tokens": result.answer_tokens,
+                  "tokens_per_s": result.tokens / max(seconds, 1e-9), "insertions": result.insertions,
+                  "elapsed": elapsed}
+        if self.objective.kl > 0:
+            record["kl"] = result.kl
+        if self.objective.recon > 0:
+            record["recon"] = result.recon
+        return record
 
     def _save_outputs(self) -> None:
         """The memory, and the run's settings beside it (the checkpoint folder is not meant to be shared)."""

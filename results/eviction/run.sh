@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Issue 32 (a memory that survives eviction) on SmolLM2-135M, this 2-core CPU, one torch thread a job.
+# Resumable: rerun the same stage; finished points/steps are kept.
+#   bash results/eviction/run.sh capacity-128|capacity-512
+#   bash results/eviction/run.sh train-RUN | eval-RUN | eval-plain-SETTING     (runs below)
+set -euo pipefail
+export OMP_NUM_THREADS=1
+E=results/eviction
+PY=${PY:-.venv/bin/python}
+FM=${FM:-.venv/bin/flashmem}
+# The question window: the prompt's last N tokens, read again after the cut. 26 at 128 tokens and 28 at 512
+# hold the whole question and never the needle's value (results/recall/window_check.py, 500 items a split).
+W128=26; W512=28
+resume() { [ -f "$1/checkpoint/manifest.json" ] && echo --resume || true; }
+train() {  # train NAME [flags]: a memory in $E/memories/NAME, resumed when its checkpoint is there
+  local d=$E/memories/$1
+  python3 results/done.py "$d" || $FM train --threads 1 --out "$d" "${@:2}" $(resume "$d")
+}
+# Every run: a new recall document at every example (--stream), 4 questions per document = one document a
+# step, the memory made at the end of the document before the question (--query-agnostic), the document
+# cut from the cache after it (only the sinks, the memory and the question window remain).
+STREAM128=(--data recall:context=128,facts=4 --stream --questions-per-document 4 --batch-size 4
+           --prompt-window $W128 --query-agnostic --no-trigger-memory --val-size 64 --eval-every 100 --save-every 25
+           --max-length 400)
+EVAL128=(--threads 1 --data recall:context=128,facts=4 --split test --limit ${LIMIT:-200} --batch-size 8
+         --max-new-tokens 24 --no-nll)
+case "$1" in
+  train-qa128-mix)  # flashmem's consolidator (K=8, L=1), answer NLL + KL to the full view (0.5) + reconstruction
+    # of the evicted document (digits x4)
+    train qa128_mix "${STREAM128[@]}" --method flashmem --lr 1e-3 --steps 2000 \
+      --kl-weight 0.5 --recon-weight 1 --recon-digit-weight 4 ;;
+  eval-plain-128)  # the plain model through the cut (floor) and with the whole document (ceiling)
+    $FM eval "${EVAL128[@]}" --method vanilla --prompt-window $W128 --out $E/eval/c128/vanilla_cut.json \
+      --also "--prompt-window 0 --out $E/eval/c128/vanilla_whole.json" ;;
+  eval-*)  # eval-RUN: a trained memory on 128-token documents through the cut, with its foreign-context ablation
+    run=${1#eval-}
+    $FM eval "${EVAL128[@]}" --method flashmem --memory $E/memories/$run --out $E/eval/c128/$run.json \
+      --also "--ablate foreign-context --out $E/eval/c128/${run}_foreign-context.json" ;;
+  capacity-128)  # 4 facts in ~130-token documents: every K on both paths, two documents
+    $PY benchmarks/capacity.py --setting context=128,facts=4 --docs 2 --ks 0,1,2,4,8,16,32 --paths kv,embed \
+      --steps 300 --check-every 50 --out $E/capacity_c128_f4.jsonl --threads 1 ;;
+  capacity-512)  # 16 facts in ~520-token documents: 4 random questions a step, one document
+    $PY benchmarks/capacity.py --setting context=512,facts=16 --docs 1 --ks 0,1,4,16,32 --paths embed,kv \
+      --steps 400 --check-every 100 --facts-per-step 4 --out $E/capacity_c512_f16.jsonl --threads 1 ;;
+  *) echo "unknown stage $1" >&2; exit 2 ;;
+esac

@@ -1,0 +1,103 @@
+"""What a training step optimises for one sequence: a weighted sum of three signals (flashmem's own
+extension for memories that must carry evicted context; the paper trains with the first alone).
+
+- sft: the answer's NLL with the memory (the paper's objective, the default);
+- kl: distillation, KL(teacher || model) per answer token, where the teacher is the same frozen model
+  with the whole prompt in view and no memory (xRAG, KV-Distill): the memory is pulled toward what
+  the full context would have said, on every token's whole distribution, not only the target's;
+- recon: reconstruction of what the cut evicted, the prompt between the sinks and the window, read
+  right after the memory with nothing else of it in view (ICAE, 500xCompressor), tokens holding a
+  digit weighted `recon_digit_weight` times (the content of a recall fact); needs prompt_window > 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..config import MemoryConfig
+from ..decoding.engine import DecodeState, append_tokens, cut_prompt, forward_chunk, memory_context, prefill, rewind
+from ..memory.base import LatentMemory
+from ..models.backbone import Backbone
+from .scoring import encode_prompt, training_nll
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The weights of the three signals and the reconstruction's settings."""
+
+    sft: float = 1.0
+    kl: float = 0.0
+    recon: float = 0.0
+    recon_tokens: int = 256  # most evicted tokens scored (the first ones)
+    recon_digit_weight: float = 1.0
+
+
+@dataclass
+class SequenceLoss:
+    """One sequence's parts, each summed over its tokens (normalised by the trainer over the step)."""
+
+    nll: torch.Tensor  # answer NLL (always computed: it is what the log and the held-out loss report)
+    kl: torch.Tensor | float
+    recon: torch.Tensor | float  # weighted reconstruction NLL
+    recon_weight: float  # the weights' sum
+    insertions: int
+
+
+def sequence_loss(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor, answer: torch.Tensor,
+                  policy: MemoryConfig, objective: Objective, reconstruct: bool = True) -> SequenceLoss:
+    """The parts for one sequence; the prompt's prefill is run once and copied for each part that needs it.
+    reconstruct=False skips the reconstruction (a document another example of the step already rebuilds)."""
+    state = encode_prompt(bb, policy, prompt)
+    teacher = teacher_logprobs(bb, prompt, answer, fork(bb, state)) if objective.kl > 0 else None
+    recon, weight = reconstruction_nll(bb, memory, prompt, policy, objective, fork(bb, state)) \
+        if objective.recon > 0 and reconstruct else (0.0, 0.0)
+    scored = training_nll(bb, memory, prompt, answer, policy=policy, teacher=teacher, state=state)
+    return SequenceLoss(scored.nll, scored.kl, recon, weight, len(scored.insertions))
+
+
+def fork(bb: Backbone, state: DecodeState) -> DecodeState:
+    """An independent copy of a decoding state (its cache copied; the other tensors are replaced, never changed)."""
+    return replace(state, cache=bb.clone_cache(state.cache))
+
+
+@torch.no_grad()
+def teacher_logprobs(bb: Backbone, prompt: torch.Tensor, answer: torch.Tensor,
+                     state: DecodeState | None = None) -> torch.Tensor:
+    """(N, V) float32 log-probabilities the plain model, whole prompt in view, gives each answer token's slot.
+    state: the prompt's prefill when the caller has one (it is used up)."""
+    if state is None:
+        ids = prompt[None]
+        state, _ = prefill(bb, ids, torch.ones_like(ids), 0)
+    first = state.logits  # (1, V): predicts answer[0]
+    append_tokens(state, answer[None])
+    out = forward_chunk(bb, state, bb.embed(answer[None]), [True], all_logits=True)
+    logits = torch.cat([first[:, None], out.logits[:, :-1]], dim=1)[0]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def reconstruction_nll(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor, policy: MemoryConfig,
+                       objective: Objective, state: DecodeState | None = None) -> tuple[torch.Tensor, float]:
+    """(weighted NLL sum, weight sum) of the evicted span read right after the memory, the sinks the only
+    other thing in view. The memory is made as the policy makes it (before the window if query-agnostic).
+    state: the prompt's prefill when the caller has one (it is used up)."""
+    window = policy.prompt_window
+    state = state if state is not None else encode_prompt(bb, policy, prompt)
+    if policy.query_agnostic:
+        rewind(bb, state, window)
+    latents = memory(memory_context(bb, state))
+    span = prompt[policy.n_sinks: prompt.numel() - window][: objective.recon_tokens]
+    out = cut_prompt(bb, state, span[None].to(prompt.device), latents, all_logits=True)
+    k = latents.shape[1]
+    logits = out.logits[0, k - 1: k - 1 + span.numel()]  # the last latent predicts the span's first token
+    nll = torch.nn.functional.cross_entropy(logits.float(), span, reduction="none")
+    weights = content_weights(bb, span, objective.recon_digit_weight)
+    return (nll * weights).sum(), float(weights.sum())
+
+
+def content_weights(bb: Backbone, ids: torch.Tensor, digit_weight: float) -> torch.Tensor:
+    """1 per token, digit_weight for tokens whose text holds a digit."""
+    if digit_weight == 1.0:
+        return torch.ones(ids.numel(), device=ids.device)
+    tokens = bb.tokenizer.convert_ids_to_tokens(ids.tolist())
+    return torch.tensor([digit_weight if any(c.isdigit() for c in t) else 1.0 for t in tokens], device=ids.device)
