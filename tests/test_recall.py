@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from flashmem.data.answers import KINDS, extract_first_number, is_correct, reference_final
 from flashmem.data import recall
+from flashmem.data.answers import KINDS, extract_first_number, is_correct, reference_final
 from flashmem.data.datasets import load_examples
 from flashmem.data.recall import (
     FACT_CHARS_PER_TOKEN,

@@ -63,6 +63,10 @@ class MemoryConfig:
     query_agnostic: bool = option(False, "with prompt_window N: make the prompt-end memory before the prompt's last "
                                   "N tokens (the question) are read, so it holds the document whatever is asked "
                                   "(flashmem's own extension; off: the paper's memory, made after the question)")
+    write_lora_r: int = option(0, "flashmem's own extension: a LoRA of this rank on every layer's key/value "
+                               "projections, on only while the latents are written into the cache, so the memory "
+                               "writes every layer's entries rather than one input vector each (0: off, the paper's "
+                               "design; alpha is twice the rank)")
     lora_r: int = option(16, "MemGen weaver LoRA rank")
     lora_alpha: int = option(32, "MemGen weaver LoRA alpha")
     reprefill: bool = option(False, "MemGen: re-prefill the reasoner's whole cache after each insertion, as its code does")
@@ -84,6 +88,7 @@ class MemoryConfig:
             (self.trigger in TRIGGERS, f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}"),
             (self.entropy in ENTROPIES, f"entropy must be raw or normalized, got {self.entropy!r}"),
             (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}"),
+            (self.write_lora_r >= 0, f"write_lora_r must be >= 0, got {self.write_lora_r}"),
             (self.prompt_window >= 0, f"prompt_window must be >= 0, got {self.prompt_window}"),
             # MemGen's weaver re-reads the token ids and re-prefills from them: a masked cache hides nothing from it.
             (self.prompt_window == 0 or not (self.reprefill or self.method == "memgen"),

@@ -188,7 +188,8 @@ def consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, rows: li
         index = torch.tensor([r for r, fire in enumerate(rows) if fire], device=pick.device)
         picked = memory(ctx.select(index))
         latents = picked.new_zeros(len(rows), *picked.shape[1:]).index_copy(0, index, picked)
-    out = forward_chunk(bb, state, latents, rows, pick=pick)
+    with memory.writer():  # written as this memory writes (flashmem's write_lora_r: its adapter at every layer)
+        out = forward_chunk(bb, state, latents, rows, pick=pick)
     _take_last(state, out, pick)
     state.made = state.made + pick.long()
     return latents
@@ -214,7 +215,7 @@ def prompt_memory(bb: Backbone, memory: LatentMemory | None, state: DecodeState,
     _check_window(state, window, window + 1 if agnostic else window)
     tail = rewind(bb, state, window) if agnostic else state.ids[:, state.length - window:]
     latents = memory(memory_context(bb, state)) if make else None
-    cut_prompt(bb, state, tail, latents)
+    cut_prompt(bb, state, tail, latents, memory=memory if make else None)
     return latents
 
 
@@ -238,24 +239,36 @@ def _check_window(state: DecodeState, window: int, need: int) -> None:
 
 
 def cut_prompt(bb: Backbone, state: DecodeState, tail: torch.Tensor, latents: torch.Tensor | None,
-               all_logits: bool = False) -> StepOutput:
+               all_logits: bool = False, memory: LatentMemory | None = None) -> StepOutput:
     """Take the prompt out of reach: every prompt slot but the attention sinks is masked for all that
     follows (decoding, the monitor, later consolidations), then the latents (made from the prompt)
     and `tail` (B, N), the prompt's last tokens (the question, the chat turn), are forwarded after it
     as one chunk. Both are computed afresh on the cut cache: had they been cached while the prompt
     was visible, their keys and values would carry the prompt past the cut whatever the memory
     held. What the rest of the prompt held reaches the answer only through the latent vectors.
-    Returns the chunk's output (all_logits: every slot's logits, for scoring what follows the memory)."""
+    Returns the chunk's output (all_logits: every slot's logits, for scoring what follows the memory).
+    memory: the latents' memory; one whose writer adapts the backbone (LatentMemory.writes_backbone)
+    has its latents forwarded alone under it, then the tail without it."""
     extra = tail.shape[1] + (0 if latents is None else latents.shape[1])
     if not room_for(bb, state, extra + 1):
         raise FlashmemError(f"prompt window {tail.shape[1]}: no room left in the model's context to re-read the "
                             "prompt's end")
     state.mask = state.mask.masked_fill(~state.sinks, 0)  # a new tensor: saved copies of the state keep theirs
+    rows = [True] * tail.shape[0]
+    if latents is not None and memory is not None and memory.writes_backbone:
+        with memory.writer():
+            written = forward_chunk(bb, state, latents, rows, all_logits=all_logits)
+        latents = None
+    else:
+        written = None
     append_tokens(state, tail)
     chunk = bb.embed(tail) if latents is None else torch.cat([latents, bb.embed(tail)], 1)
-    out = forward_chunk(bb, state, chunk, [True] * tail.shape[0], all_logits=all_logits)
+    out = forward_chunk(bb, state, chunk, rows, all_logits=all_logits)
+    if written is not None and all_logits:  # the same slots as one chunk would give: latents, then tail
+        out = StepOutput(logits=torch.cat([written.logits, out.logits], 1),
+                         hidden=torch.cat([written.hidden, out.hidden], 1), query=None)
     state.logits, state.hidden = out.logits[:, -1], out.hidden[:, -1]
-    if latents is not None:
+    if written is not None or latents is not None:
         state.made = state.made + 1
     return out
 

@@ -46,6 +46,11 @@ class ForeignContext(nn.Module):
         super().__init__()
         self.memory, self.foreign, self.config = memory, foreign, memory.config
 
+    writes_backbone = property(lambda self: self.memory.writes_backbone)
+
+    def writer(self):
+        return self.memory.writer()
+
     def forward(self, ctx: MemoryContext) -> torch.Tensor:
         # ctx.rows: the batch rows that fire (None: all); the foreign batch has the same rows.
         return self.memory(self.foreign if ctx.rows is None else self.foreign.select(ctx.rows))
@@ -64,8 +69,12 @@ class MeanLatents(nn.Module):
 
     def __init__(self, memory: LatentMemory, means: torch.Tensor):
         super().__init__()
-        self.config = memory.config
+        # written as the memory writes its own latents
+        self.config, self._writer, self.writes_backbone = memory.config, memory.writer, memory.writes_backbone
         self.register_buffer("means", means)  # (J, K, d)
+
+    def writer(self):
+        return self._writer()
 
     def forward(self, ctx: MemoryContext) -> torch.Tensor:
         index = ctx.index if ctx.index is not None else torch.zeros_like(ctx.positions)
@@ -78,6 +87,11 @@ class _Recorder(nn.Module):
     def __init__(self, memory: LatentMemory):
         super().__init__()
         self.memory, self.config, self.seen = memory, memory.config, {}
+
+    writes_backbone = property(lambda self: self.memory.writes_backbone)
+
+    def writer(self):
+        return self.memory.writer()
 
     def forward(self, ctx: MemoryContext) -> torch.Tensor:
         latents = self.memory(ctx)

@@ -39,8 +39,8 @@ except ImportError as err:  # pragma: no cover - exercised where the extra is mi
 from tqdm import tqdm
 
 from ..api import FlashMem
-from ..data.datasets import ENV_DATA_DIR
 from ..config import GenerationConfig
+from ..data.datasets import ENV_DATA_DIR
 from ..decoding.generation import generate
 from ..decoding.stopping import StopStrings
 from ..errors import FlashmemError

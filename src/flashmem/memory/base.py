@@ -6,6 +6,7 @@ and memgen.py; registry.py maps names to them and reads and writes memory folder
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -82,6 +83,16 @@ class LatentMemory(nn.Module):
         """Put latents on the norm of real token embeddings so the frozen model sees familiar inputs."""
         norm = vectors.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
         return (vectors.float() / norm * self.embed_scale).to(vectors.dtype)
+
+    @property
+    def writes_backbone(self) -> bool:
+        """Whether writer() adapts the backbone (then the latents are forwarded apart from other tokens)."""
+        return False
+
+    def writer(self) -> AbstractContextManager:
+        """Context in which this memory's latents are written into the cache (forwarded through the
+        backbone); the default writes them as any input is written."""
+        return nullcontext()
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.named_parameters() if v.requires_grad}

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..config import MemoryConfig
-from ..models.backbone import Backbone
+from ..models.backbone import WRITE_TARGETS, Backbone
 from .base import LatentMemory, MemoryContext
+from .lora import adapter_parameters, lora_wrappers
 
 
 class SeedMLP(nn.Module):
@@ -67,6 +68,20 @@ class Consolidator(LatentMemory):
         # Zero-initialised: the untrained latents are the memory's harmless anchor (see memory.py).
         self.out_proj = nn.Linear(d, d, bias=False)
         nn.init.zeros_(self.out_proj.weight)
+        # flashmem's extension (write_lora_r > 0): the latents' keys and values at every layer come through
+        # a LoRA of the frozen projections, on only while they are written (writer()). PEFT's B starts at
+        # zero, so the untrained writer writes what the plain backbone would.
+        self._writers = lora_wrappers(backbone, config.write_lora_r, 2 * config.write_lora_r, WRITE_TARGETS) \
+            if config.write_lora_r > 0 else {}
+        if self._writers:
+            self.write_lora = adapter_parameters(self._writers)
+
+    @property
+    def writes_backbone(self) -> bool:
+        return bool(self._writers)
+
+    def writer(self):
+        return self.backbone.patched(self._writers) if self._writers else super().writer()
 
     def forward(self, ctx: MemoryContext) -> torch.Tensor:
         bb = self.backbone

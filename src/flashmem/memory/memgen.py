@@ -15,12 +15,12 @@ MemGen inserts after the prompt and after tokens ending in ',', '.' or a newline
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from ..config import MemoryConfig
-from ..models.backbone import Backbone
+from ..models.backbone import LORA_TARGETS, Backbone
 from .base import LatentMemory, MemoryContext
+from .lora import adapter_parameters, lora_wrappers
 
 # MemGen's released settings. Budget 3 is the low end of MemGen's 3-5: delimiters come every few
 # tokens, so a budget is always used up early and each insertion re-encodes the whole context; 3
@@ -36,20 +36,6 @@ def left_padded_positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
-def lora_wrappers(backbone: Backbone, config: MemoryConfig) -> dict[tuple[str, str], nn.Module]:
-    """PEFT LoRA layers around the backbone's own projection modules, without touching the backbone.
-
-    PEFT injects into a throwaway ModuleDict that merely references the live projections, so the
-    wrappers wrap the shared base modules while the backbone's module tree stays as it was.
-    """
-    sites = backbone.lora_sites()
-    holder = nn.ModuleDict({i: nn.ModuleDict(site) for i, site in sites.items()})
-    names = sorted({name for site in sites.values() for name in site})
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=names)
-    inject_adapter_in_model(lora, holder)
-    return {(i, name): wrapper for i, site in holder.items() for name, wrapper in site.items()}
-
-
 class MemGenWeaver(LatentMemory):
     """The backbone plus a LoRA adapter that is on only inside forward(); K queries; a projection."""
 
@@ -60,13 +46,9 @@ class MemGenWeaver(LatentMemory):
         super().__init__(backbone, config)
         d = backbone.hidden_size
         # A plain dict, so the shared base weights never become parameters of this module.
-        self._wrappers = lora_wrappers(backbone, config)
+        self._wrappers = lora_wrappers(backbone, config.lora_r, config.lora_alpha, LORA_TARGETS)
         # Only the adapter matrices are registered here: they are what trains, saves and loads.
-        self.lora = nn.ModuleDict()
-        for (i, name), wrapper in self._wrappers.items():
-            if i not in self.lora:
-                self.lora[i] = nn.ModuleDict()
-            self.lora[i][name] = nn.ModuleDict({"lora_A": wrapper.lora_A, "lora_B": wrapper.lora_B})
+        self.lora = adapter_parameters(self._wrappers)
         # Queries start on the embedding scale in random directions, so the untrained weaver reads
         # them like ordinary (if unfamiliar) tokens.
         self.queries = nn.Parameter(torch.randn(config.num_latents, d) / d ** 0.5 * backbone.embedding_norm())

@@ -29,6 +29,8 @@ from ..errors import FlashmemError
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 # MemGen's weaver adapts these attention projections with LoRA (its released setting: q and v).
 LORA_TARGETS = ("q_proj", "v_proj")
+# A consolidator that writes its latents at every layer (MemoryConfig.write_lora_r) adapts these.
+WRITE_TARGETS = ("k_proj", "v_proj")
 # A layer copy that reads the frozen cache must not make keys/values of its own.
 _KV_PARTS = ("k_proj", "v_proj", "k_norm")
 # Cache layers whose rows forward_rows may run apart: plain growing ones and sliding windows.
@@ -269,9 +271,9 @@ class Backbone:
         return x + copy_layer.mlp(copy_layer.post_attention_layernorm(x))
 
     # ---- MemGen's LoRA sites on the live model ----------------------------------------------------
-    def lora_sites(self) -> dict[str, dict[str, nn.Module]]:
-        """{layer index: {projection name: the live module}} for LORA_TARGETS in every layer."""
-        return {str(i): {name: getattr(layer.self_attn, name) for name in LORA_TARGETS}
+    def lora_sites(self, targets: tuple[str, ...] = LORA_TARGETS) -> dict[str, dict[str, nn.Module]]:
+        """{layer index: {projection name: the live module}} for the target projections in every layer."""
+        return {str(i): {name: getattr(layer.self_attn, name) for name in targets}
                 for i, layer in enumerate(self._decoder.layers)}
 
     @contextmanager
