@@ -9,7 +9,8 @@ answers every fact's question. The model sees what it would see after a query-ag
 The sinks are the prompt's first n_sinks tokens at positions 0..; the memory slots sit where the
 document ended (positions P..P+K-1, P = tokens before the question), the question after them. Two
 injection paths:
-  embed: K input embeddings (FlashMem's path: what the consolidator emits), K x d values;
+  embed: K input embeddings (FlashMem's path: what the consolidator emits), K x d values; with
+         --embed-norm each on the token-embedding norm, as flashmem's latents are;
   kv:    K keys and values at every layer, as the cache holds them (500xCompressor's path),
          K x layers x 2 x n_kv x head_dim values.
 Loss: NLL of the facts' answer sentences (and the end-of-turn token), all F questions in one batch, or
@@ -73,11 +74,14 @@ def build_case(bb, spec_text: str, split: str, index: int, n_sinks: int) -> Case
 
 
 class Memory(torch.nn.Module):
-    """K optimisable vectors on one injection path, initialised from K evenly spaced document tokens."""
+    """K optimisable vectors on one injection path, initialised from K evenly spaced document tokens.
+    unit_norm (embed path): each vector is put on the mean token-embedding norm before it is read, as
+    every flashmem memory's latents are (LatentMemory.to_embedding_scale)."""
 
-    def __init__(self, bb, case: Case, k: int, path: str):
+    def __init__(self, bb, case: Case, k: int, path: str, unit_norm: bool = False):
         super().__init__()
         self.path, self.k = path, k
+        self.scale = bb.embedding_norm() if unit_norm else None
         picks = torch.linspace(len(case.sinks), len(case.doc_ids) - 1, k).round().long() if k else None
         if path == "embed":
             init = bb.embed(case.doc_ids[picks]).detach().clone() if k else torch.zeros(0, bb.hidden_size)
@@ -89,6 +93,11 @@ class Memory(torch.nn.Module):
 
     def n_values(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def embeddings(self) -> torch.Tensor:
+        if self.scale is None:
+            return self.vectors
+        return self.vectors / self.vectors.norm(dim=-1, keepdim=True).clamp_min(1e-6) * self.scale
 
 
 @torch.no_grad()
@@ -114,7 +123,7 @@ def memory_cache(bb, case: Case, memory: Memory, rows: int):
     start = len(case.doc_ids)  # the memory sits where the document ended
     if memory.k and memory.path == "embed":
         positions = (start + torch.arange(memory.k))[None]
-        bb.forward(memory.vectors[None], cache, positions, torch.ones(1, s + memory.k, dtype=torch.long))
+        bb.forward(memory.embeddings()[None], cache, positions, torch.ones(1, s + memory.k, dtype=torch.long))
     elif memory.k:
         bb.extend_cache(cache, list(memory.keys), list(memory.values))
     bb.select_rows(cache, torch.zeros(rows, dtype=torch.long))
@@ -167,7 +176,7 @@ def score(bb, case: Case, memory: Memory) -> tuple[int, list[str]]:
 
 
 def run_point(bb, case: Case, k: int, path: str, args) -> dict:
-    memory = Memory(bb, case, k, path)
+    memory = Memory(bb, case, k, path, unit_norm=args.embed_norm)
     started, history, loss = time.time(), [], float("nan")
     right, texts = score(bb, case, memory)
     history.append({"step": 0, "recalled": right})
@@ -221,6 +230,8 @@ def main() -> None:
     ap.add_argument("--lr-embed", type=float, default=1e-2)
     ap.add_argument("--lr-kv", type=float, default=1e-2)
     ap.add_argument("--n-sinks", type=int, default=4)
+    ap.add_argument("--embed-norm", action="store_true", help="embed path: vectors on the token-embedding norm, as "
+                    "flashmem's latents are (the point's path is then recorded as embed-norm)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -234,11 +245,12 @@ def main() -> None:
     for doc in range(args.docs):
         case = build_case(bb, spec, "train", doc, args.n_sinks)
         for path in args.paths.split(","):
+            label = "embed-norm" if path == "embed" and args.embed_norm else path
             for k in (int(x) for x in args.ks.split(",")):
-                if (spec, doc, path, k) in done or (k == 0 and path != args.paths.split(",")[0]):
+                if (spec, doc, label, k) in done or (k == 0 and path != args.paths.split(",")[0]):
                     continue
-                print(f"{spec} doc {doc} {path} K={k} (document {len(case.doc_ids)} tokens)", flush=True)
-                result = {"setting": spec, "doc": doc, "path": path, "k": k, "doc_tokens": len(case.doc_ids),
+                print(f"{spec} doc {doc} {label} K={k} (document {len(case.doc_ids)} tokens)", flush=True)
+                result = {"setting": spec, "doc": doc, "path": label, "k": k, "doc_tokens": len(case.doc_ids),
                           "model": args.model, "lr": args.lr_embed if path == "embed" else args.lr_kv,
                           "facts_per_step": args.facts_per_step or len(case.facts),
                           **run_point(bb, case, k, path, args)}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 32 (a memory that survives eviction) on SmolLM2-135M, this 2-core CPU, one torch thread a job.
 # Resumable: rerun the same stage; finished points/steps are kept.
-#   bash results/eviction/run.sh capacity-128|capacity-512
+#   bash results/eviction/run.sh capacity-128|capacity-128-norm|capacity-512
 #   bash results/eviction/run.sh train-RUN | eval-RUN | eval-plain-SETTING     (runs below)
 set -euo pipefail
 export OMP_NUM_THREADS=1
@@ -39,8 +39,18 @@ case "$1" in
   capacity-128)  # 4 facts in ~130-token documents: every K on both paths, two documents
     $PY benchmarks/capacity.py --setting context=128,facts=4 --docs 2 --ks 0,1,2,4,8,16,32 --paths kv,embed \
       --steps 300 --check-every 50 --out $E/capacity_c128_f4.jsonl --threads 1 ;;
+  capacity-128-norm)  # the embed path with every vector on the token-embedding norm, as flashmem's latents are
+    $PY benchmarks/capacity.py --setting context=128,facts=4 --docs 1 --ks 1,2,4,8,16,32 --paths embed --embed-norm \
+      --steps 300 --check-every 50 --out $E/capacity_c128_f4.jsonl --threads 1 ;;
   capacity-512)  # 16 facts in ~520-token documents: 4 random questions a step, one document
     $PY benchmarks/capacity.py --setting context=512,facts=16 --docs 1 --ks 0,1,4,16,32 --paths embed,kv \
       --steps 400 --check-every 100 --facts-per-step 4 --out $E/capacity_c512_f16.jsonl --threads 1 ;;
+  presses-c512-k8)  # issue 33's headline setting: every kvpress press, query-agnostic, 8 kept entries per layer,
+    # 512-token documents with 16 facts, the first LIMIT (200) test items; paired with flashmem's runs on the
+    # same items (results/recall/eval/cut_c512: the plain cut and the whole document)
+    for press in streaming knorm expected_attention kvzip snapkv; do
+      results/kvpress/.venv/bin/python results/kvpress/run_press.py --press $press --kept 8 --mode agnostic \
+        --data recall:context=512,facts=16 --split test --limit ${LIMIT:-200} --out $E/eval/c512/press_${press}_k8.json
+    done ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

@@ -30,12 +30,14 @@ def capacity_table(path: Path) -> str:
     ks = sorted({k for k, _ in cells})
     setting = points[0]["setting"]
     lines = [f"**{setting}** ({points[0]['doc_tokens']} tokens before the question; `{path.name}`)", "",
-             "| K | embed: recalled (steps to all, values) | kv: recalled (steps to all, values) |", "|---|---|---|"]
+             "| K | embed: recalled (steps to all, values) | embed on the embedding norm | kv: recalled (steps to all, values) |",
+             "|---|---|---|---|"]
     for k in ks:
         if k == 0:
-            lines.append(f"| 0 (plain cut) | {_cell(cells[(0, 'none')])} | |")
+            lines.append(f"| 0 (plain cut) | {_cell(cells[(0, 'none')])} | | |")
             continue
-        lines.append(f"| {k} | {_cell(cells.get((k, 'embed'), []))} | {_cell(cells.get((k, 'kv'), []))} |")
+        lines.append(f"| {k} | {_cell(cells.get((k, 'embed'), []))} | {_cell(cells.get((k, 'embed-norm'), []))} | "
+                     f"{_cell(cells.get((k, 'kv'), []))} |")
     return "\n".join(lines) + "\n"
 
 
