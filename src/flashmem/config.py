@@ -132,6 +132,9 @@ class GenerationConfig:
     seed: int = option(0, "seed of the sampler")
     use_memory: bool = option(True, "False: plain decoding (the monitor may still run for a trace)")
     compact: bool = option(True, "drop finished rows from the batch as they finish (same tokens, less compute)")
+    static_cache: bool = option(False, "preallocate the cache for the prompt, the answer and every memory slot "
+                                "(transformers' StaticCache): each step writes in place instead of copying every "
+                                "layer's keys and values; the same tokens")
     prompt_window: int | None = option(None, "cut the prompt but its sinks after the prompt-end memory and re-read "
                                        "its last N tokens (None: the memory's own prompt_window; 0 without a memory)")
 

@@ -92,13 +92,15 @@ def shared_prefills(capacity: int) -> Iterator[PrefillMemo]:
 
 
 def prefill(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, want_query: bool = False,
-            keep_inputs: bool = False, normalize_entropy: bool = False) -> tuple[DecodeState, StepOutput]:
-    """Encode left-padded prompts. Returns the state and the step output (query for every position)."""
+            keep_inputs: bool = False, normalize_entropy: bool = False,
+            max_len: int | None = None) -> tuple[DecodeState, StepOutput]:
+    """Encode left-padded prompts. Returns the state and the step output (query for every position).
+    max_len: preallocate the cache for that many slots (Backbone.new_cache) instead of growing it."""
     mask = mask.long()
     # Same position rule as transformers' generate for left padding.
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     embeds = bb.embed(ids)
-    cache, out = _encode_prompt(bb, ids, embeds, positions, mask, want_query)
+    cache, out = _encode_prompt(bb, ids, embeds, positions, mask, want_query, max_len)
     lengths = mask.sum(-1)
     state = DecodeState(cache=cache, mask=mask, positions=lengths, next_positions=lengths.tolist(),
                         sinks=sink_mask(mask, n_sinks), ids=ids, ids_mask=mask, hidden=out.hidden[:, -1],
@@ -108,14 +110,14 @@ def prefill(bb: Backbone, ids: torch.Tensor, mask: torch.Tensor, n_sinks: int, w
 
 
 def _encode_prompt(bb: Backbone, ids: torch.Tensor, embeds: torch.Tensor, positions: torch.Tensor,
-                   mask: torch.Tensor, want_query: bool) -> tuple[object, StepOutput]:
+                   mask: torch.Tensor, want_query: bool, max_len: int | None = None) -> tuple[object, StepOutput]:
     """The prompt's forward into a new cache, or a copy of a shared one (never while training or patched)."""
     memo = _MEMO if _MEMO is not None and bb.patch_depth == 0 and not torch.is_grad_enabled() else None
-    key = memo.key(bb, ids, mask, want_query) if memo is not None else None
+    key = memo.key(bb, ids, mask, want_query) + (max_len,) if memo is not None else None
     hit = memo.get(key) if memo is not None else None
     if hit is not None:
         return bb.clone_cache(hit[0]), hit[1]
-    cache = bb.new_cache()
+    cache = bb.new_cache(max_len)
     out = bb.forward(embeds, cache, positions, mask, want_query=want_query)
     if bb.cache_length(cache) != ids.shape[1]:  # e.g. a transformers that ignores our cache argument
         raise FlashmemError(f"the backbone did not fill its cache ({bb.cache_length(cache)} of {ids.shape[1]} "

@@ -105,7 +105,7 @@ def generate(
     n_sinks = (policy or memory.config).n_sinks if memory is not None else DEFAULT_SINKS
     normalize = ((policy or memory.config).entropy == "normalized") if memory is not None else False
     state, _ = prefill(bb, ids, mask, n_sinks, keep_inputs=policy is not None and policy.reprefill,
-                       normalize_entropy=normalize)
+                       normalize_entropy=normalize, max_len=cache_slots(ids, gen, policy, forced) if gen.static_cache else None)
     log = _Log(keep_logits, origin=list(range(ids.shape[0])))
     prompt_latents = prompt_memory(bb, memory, state, policy, prompt_window(gen, policy))
     if prompt_latents is not None:
@@ -115,6 +115,15 @@ def generate(
     threshold = (policy or memory.config).threshold if memory is not None else None
     stops = bb.stop_ids() if forced is None else None
     return _result(log, ids.shape[0], threshold, prompt_latents is not None, stops, bb.pad_id())
+
+
+def cache_slots(ids: torch.Tensor, gen: GenerationConfig, policy: MemoryConfig | None,
+                forced: torch.Tensor | None) -> int:
+    """Slots a preallocated cache needs: the prompt, every answer token, the prompt-end memory and each
+    consolidation the budget allows, and the prompt window read again after the cut."""
+    new = forced.shape[1] if forced is not None else gen.max_new_tokens
+    memory = 0 if policy is None else policy.num_latents * (int(policy.prompt_memory) + policy.budget)
+    return ids.shape[1] + new + memory + prompt_window(gen, policy) + 1
 
 
 def prompt_window(gen: GenerationConfig, policy: MemoryConfig | None) -> int:

@@ -81,6 +81,7 @@ class BenchConfig(ModelOptions):
     consolidations: int = option(2, "fixed schedule: consolidations after the prompt-end memory, evenly spaced")
     data_dir: str | None = option(None, "folder with gsm8k/test.jsonl, the prompt text (default $FLASHMEM_DATA_DIR, then the hub)")
     memory_workers: bool = option(True, "CPU: measure memory growth in one subprocess per method")
+    static_cache: bool = option(False, "decode every method with a preallocated cache (GenerationConfig.static_cache)")
     out: str = option(MISSING, "results JSON", metavar="FILE.json")
     plot: str | None = option(None, "plot per-step latency against context length", metavar="FILE.png")
 
@@ -232,16 +233,17 @@ def _sync(device: torch.device) -> None:
 
 
 def decode_once(bb: Backbone, memory: LatentMemory | None, policy: MemoryConfig | None, stream: list[int],
-                context: int, new_tokens: int, batch: int = 1, monitor: bool = False) -> dict:
+                context: int, new_tokens: int, batch: int = 1, monitor: bool = False, static_cache: bool = False) -> dict:
     """Prefill `context` tokens (batch copies), decode `new_tokens` forced to the following text; seconds of
-    each phase. monitor=True runs the entropy every step even without memory (the monitor's own cost)."""
+    each phase. monitor=True runs the entropy every step even without memory (the monitor's own cost);
+    static_cache: a preallocated cache."""
     ids = torch.tensor([stream[:context]] * batch, device=bb.device)
     forced = torch.tensor([stream[context: context + new_tokens]] * batch, device=bb.device)
     clock = _PrefillClock(bb)
     _sync(bb.device)
     start = time.perf_counter()
     with cuda_peak(bb.device) as peak:
-        result = generate(clock, ids, torch.ones_like(ids), memory, GenerationConfig(), forced=forced,
+        result = generate(clock, ids, torch.ones_like(ids), memory, GenerationConfig(static_cache=static_cache), forced=forced,
                           monitor=monitor, policy=policy)
         _sync(bb.device)
     end = time.perf_counter()
@@ -263,13 +265,14 @@ def time_methods(bb: Backbone, methods: dict, stream: list[int], cfg: BenchConfi
     # after a 1k warm-up was measured 2-3x slower than the next ones on an H200).
     warm = cfg.context_list[0] if bb.device.type == "cuda" else min(cfg.context_list[0], WARMUP_CONTEXT)
     for name in names:
-        decode_once(bb, *methods[name], stream, warm, cfg.new_tokens, batch)
+        decode_once(bb, *methods[name], stream, warm, cfg.new_tokens, batch, static_cache=cfg.static_cache)
     results = []
     for ctx in cfg.context_list:
         runs: dict[str, list[dict]] = {name: [] for name in names}
         for r in range(cfg.repeats):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                runs[name].append(decode_once(bb, *methods[name], stream, ctx, cfg.new_tokens, batch))
+                runs[name].append(decode_once(bb, *methods[name], stream, ctx, cfg.new_tokens, batch,
+                                              static_cache=cfg.static_cache))
                 print(f"bench: {schedule} batch {batch} {name} context {ctx} run {r + 1}/{cfg.repeats}: "
                       f"{runs[name][-1]['decode_s']:.2f} s decode", file=sys.stderr, flush=True)
         results += [summarize_runs(name, schedule, ctx, batch, cfg.new_tokens, runs[name]) for name in names]
@@ -366,7 +369,7 @@ def worker(spec: dict) -> dict:
     peaks = {}
     for ctx in cfg.context_list:
         resettable = reset_peak_rss()
-        decode_once(bb, memory, policy, stream, ctx, cfg.new_tokens)
+        decode_once(bb, memory, policy, stream, ctx, cfg.new_tokens, static_cache=cfg.static_cache)
         peaks[str(ctx)] = proc_status_mb("VmHWM") if resettable else rss_mb()
     how = ("cpu VmHWM per context (reset through /proc/self/clear_refs), subprocess per method; above the "
            "resident set after loading the model and building the memory" if resettable

@@ -21,8 +21,8 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer
 
 from ..errors import FlashmemError
 
@@ -139,13 +139,21 @@ class Backbone:
         return min(self.stop_ids() or [0])
 
     # ---- cache ----------------------------------------------------------------------------------
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+    def new_cache(self, max_len: int | None = None) -> DynamicCache | StaticCache:
+        """A growing cache, or with max_len one preallocated for that many positions (transformers'
+        StaticCache: each step writes in place instead of copying every layer's keys and values)."""
+        if max_len is None:
+            return DynamicCache(config=self.model.config)
+        return StaticCache(config=self.model.config, max_cache_len=max_len)
 
     @staticmethod
     def cache_kv(cache: DynamicCache, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached keys/values of one layer, (B, n_kv, T, D), keys already rotated. No copy."""
+        """Cached keys/values of one layer, (B, n_kv, T, D), keys already rotated, the T slots filled so far
+        (a view of a preallocated cache's buffers). No copy."""
         layer = cache.layers[layer_index]
+        if isinstance(layer, StaticLayer):
+            filled = int(layer.cumulative_length)
+            return layer.keys[:, :, :filled], layer.values[:, :, :filled]
         return layer.keys, layer.values
 
     @staticmethod
@@ -155,12 +163,18 @@ class Backbone:
 
     @staticmethod
     def cache_length(cache: DynamicCache) -> int:
-        return cache.get_seq_length()
+        return int(cache.get_seq_length())  # a preallocated cache keeps its length in a tensor
 
     @staticmethod
     def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
         """Keep only the batch rows `rows` (R,) of every layer, in that order."""
-        cache.batch_select_indices(rows)
+        if not any(isinstance(layer, StaticLayer) for layer in cache.layers):
+            cache.batch_select_indices(rows)
+            return
+        for layer in cache.layers:  # transformers' static layers cannot drop rows themselves
+            if layer.is_initialized:
+                layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+                layer.batch_size = int(rows.numel())
 
     @staticmethod
     def extend_cache(cache: DynamicCache, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
@@ -177,7 +191,7 @@ class Backbone:
     @staticmethod
     def crop(cache: DynamicCache, keep: int) -> None:
         """Keep the first `keep` positions of every layer."""
-        drop = cache.get_seq_length() - keep
+        drop = int(cache.get_seq_length()) - keep
         if drop > 0:
             cache.crop(-drop)
 
