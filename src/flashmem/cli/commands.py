@@ -13,7 +13,8 @@ from ..decoding.trace import plot_trace, trace_record, write_trace
 from ..errors import FlashmemError
 from ..evaluation.bench import BenchConfig, bench
 from ..evaluation.evaluate import EvalConfig, evaluate_together
-from ..evaluation.report import bench_markdown, compare_runs, comparison_markdown
+from ..evaluation.grading import GRADERS, disagreements, kind_of
+from ..evaluation.report import bench_markdown, compare_runs, comparison_markdown, load_run
 from ..files import atomic_write_text
 from ..training.calibrate import CalibrateConfig, calibrate
 from ..training.train import TrainConfig, train
@@ -72,6 +73,10 @@ class CompareCommand:
                              "later minus earlier", positional=True)
     out: str | None = option(None, "also write the comparison as JSON", metavar="FILE.json")
     n_boot: int = option(10000, "bootstrap resamples")
+    grader: str | None = option(None, "grade every run's answers again with this grader (default: as each run was "
+                                "graded)", choices=GRADERS)
+    disagreements: str | None = option(None, "write, per run, the answers on which flashmem's grader and math-verify "
+                                       "disagree (for a hand check)", metavar="FILE.json")
 
     def __post_init__(self) -> None:
         if len(self.runs) < 2:
@@ -79,11 +84,18 @@ class CompareCommand:
 
 
 def run_compare(cfg: CompareCommand) -> int:
-    comparison = compare_runs(cfg.runs, n_boot=cfg.n_boot)
+    comparison = compare_runs(cfg.runs, n_boot=cfg.n_boot, grader=cfg.grader)
     print(comparison_markdown(comparison))
     if cfg.out:
         atomic_write_text(cfg.out, json.dumps(comparison, indent=2, default=str) + "\n")
         print(f"comparison: {cfg.out}", file=sys.stderr)
+    if cfg.disagreements:
+        found = {path: disagreements(run["records"], kind_of(run["settings"]))
+                 for path, run in ((p, load_run(p)) for p in cfg.runs)}
+        atomic_write_text(cfg.disagreements, json.dumps(found, indent=2) + "\n")
+        for path, rows in found.items():
+            print(f"graders disagree on {len(rows)} answers of {path}", file=sys.stderr)
+        print(f"disagreements: {cfg.disagreements}", file=sys.stderr)
     return 0
 
 

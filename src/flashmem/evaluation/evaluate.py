@@ -19,7 +19,6 @@ import torch
 
 from ..api import FlashMem
 from ..config import GenerationConfig, MemoryConfig, ModelOptions, check, option
-from ..data.answers import is_correct
 from ..data.datasets import Example, load_examples
 from ..data.prompts import PROMPTS, system_prompt
 from ..decoding.delimiters import delimiter_token_mask
@@ -34,6 +33,7 @@ from ..models.loader import load_backbone
 from ..training.scoring import find_insertions
 from ..training.thresholds import needs_threshold, prompt_threshold
 from .ablations import ABLATIONS, foreign_context, foreign_examples, mean_latents
+from .grading import GRADERS, grade
 from .records import RecordFile
 from .report import POSITION_BUCKET, compare_runs, comparison_markdown, machine_info, summarize, summary_markdown
 
@@ -70,6 +70,8 @@ class EvalConfig(ModelOptions):
     ablate: str = option("none", "foreign-context: memory made from another question's prompt state; mean-latents: "
                          "the mean of this memory's latents over the questions (see ablations.py)", choices=ABLATIONS)
     out: str = option(MISSING, "summary JSON; records and markdown go beside it", metavar="FILE.json")
+    grader: str = option("flashmem", "how answers are graded: flashmem's extraction, or Hugging Face's math-verify "
+                         "(pip install 'flashmem[math-verify]')", choices=GRADERS)
     compare: list[str] = option(default_factory=list, help="paired comparison with other runs on the shared questions",
                                 metavar="OTHER.json")
 
@@ -263,6 +265,8 @@ def record_identity(cfg: EvalConfig, fm: FlashMem) -> dict:
         identity["ablate"] = cfg.ablate
     if cfg.nll_only:  # only then, so records written before the option existed still resume
         identity["nll_only"] = True
+    if cfg.grader != "flashmem":  # likewise
+        identity["grader"] = cfg.grader
     if cfg.prompt_window and fm.config is None:
         identity["prompt_window"] = cfg.prompt_window
     if fm.config is not None:
@@ -315,7 +319,8 @@ def _score(run: _Run, batch: list[Example]) -> list[dict]:
     one = lambda ex: with_foreign(run.fm, run.foreign, [ex])  # noqa: E731  (the FlashMem a question's NLL runs with)
     if run.cfg.nll_only:
         return [nll_record(one(ex), ex, run.gen.prompt_window or 0) for ex in batch]
-    return score_batch(with_foreign(run.fm, run.foreign, batch), batch, run.gen, run.cfg.nll, single=one)
+    return score_batch(with_foreign(run.fm, run.foreign, batch), batch, run.gen, run.cfg.nll, single=one,
+                       grader=run.cfg.grader)
 
 
 def with_foreign(fm: FlashMem, foreign: dict[int, Example] | None, batch: list[Example]) -> FlashMem:
@@ -327,9 +332,9 @@ def with_foreign(fm: FlashMem, foreign: dict[int, Example] | None, batch: list[E
 
 
 def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig, nll: bool = True,
-                single=None) -> list[dict]:
+                single=None, grader: str = "flashmem") -> list[dict]:
     """Records for a batch: generation (timed together) then one teacher-forced NLL per question (unless not
-    nll); single(ex) gives the FlashMem a question's NLL runs with (default fm)."""
+    nll); single(ex) gives the FlashMem a question's NLL runs with (default fm); answers graded by grader."""
     bb = fm.backbone
     ids, mask = fm.encode([ex.question for ex in batch])
     start = time.perf_counter()
@@ -346,7 +351,7 @@ def score_batch(fm: FlashMem, batch: list[Example], gen: GenerationConfig, nll: 
         up = signal(result, r, steps) if signal else None
         rows.append({
             "id": ex.line, "question_sha": question_sha(ex.question), "final": ex.final,
-            "prediction": text, "correct": bool(is_correct(text, ex.final, ex.kind)),
+            "prediction": text, "correct": bool(grade(text, ex.final, ex.kind, grader)),
             "nll": scored[0], "nll_tokens": scored[1], "nll_insertions": scored[2],
             "gen_tokens": len(tokens), "consolidations": len(result.traces[r].consolidations),
             "prompt_memory": result.traces[r].prompt_memory, "decode_steps": steps,

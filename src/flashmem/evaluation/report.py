@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FlashmemError
+from .grading import kind_of, regrade
 from .records import read_records
 from .stats import mean_ci, paired_bootstrap, paired_relative_change, proportion_ci
 
@@ -142,8 +143,9 @@ def load_run(path: str | Path) -> dict:
     return {"path": str(path), "settings": settings, "records": {r["id"]: r for r in records}}
 
 
-def compare_runs(paths: list[str | Path], n_boot: int = 10000, seed: int = 0) -> dict:
+def compare_runs(paths: list[str | Path], n_boot: int = 10000, seed: int = 0, grader: str | None = None) -> dict:
     """Compare eval runs on the questions they all answered; pairs are (later - earlier) in `paths` order.
+    grader: grade every run's answers again with it (grading.py) instead of taking each run's own grades.
 
     Returns {"data", "split", "n_shared", "runs": [...], "pairs": [...]}: per run its accuracy with
     a Wilson interval and NLL/token on the shared questions; per pair the mean per-question
@@ -152,6 +154,8 @@ def compare_runs(paths: list[str | Path], n_boot: int = 10000, seed: int = 0) ->
     if len(paths) < 2:
         raise FlashmemError("a comparison needs at least two runs")
     runs = [load_run(p) for p in paths]
+    if grader is not None:
+        runs = [{**run, "records": regrade(run["records"], kind_of(run["settings"]), grader)} for run in runs]
     _check_same_questions_source(runs)
     shared = sorted(set.intersection(*(set(r["records"]) for r in runs)), key=str)
     if not shared:
@@ -166,7 +170,7 @@ def compare_runs(paths: list[str | Path], n_boot: int = 10000, seed: int = 0) ->
              for i, j in combinations(range(len(runs)), 2)]
     first = runs[0]["settings"]
     return {"data": first.get("data"), "split": first.get("split"), "n_shared": len(shared),
-            "runs": table, "pairs": pairs}
+            "grader": grader or "each run's own", "runs": table, "pairs": pairs}
 
 
 def comparison_markdown(comparison: dict) -> str:
@@ -187,6 +191,8 @@ def comparison_markdown(comparison: dict) -> str:
             f"{comparison['data']} ({comparison['split']}); paired bootstrap over questions. "
             "Accuracy diff in points; NLL diff in nats/token (negative: B assigns the reference higher likelihood); "
             "NLL change: B's mean per-question NLL/token relative to A's.")
+    if comparison.get("grader") not in (None, "each run's own"):
+        head += f" Every run's answers graded again by {comparison['grader']}."
     return f"{head}\n\n{runs}\n\n{pairs}"
 
 
