@@ -2,7 +2,7 @@
 # Issue 32 (a memory that survives eviction) on SmolLM2-135M, this 2-core CPU, one torch thread a job.
 # Resumable: rerun the same stage; finished points/steps are kept.
 #   bash results/eviction/run.sh capacity-128|capacity-128-norm|capacity-512
-#   bash results/eviction/run.sh train-RUN | eval-RUN | eval-plain-SETTING     (runs below)
+#   bash results/eviction/run.sh train-RUN | eval-RUN | eval-nll-RUN | eval-plain-128 | presses-c512-k8   (runs below)
 set -euo pipefail
 export OMP_NUM_THREADS=1
 E=results/eviction
@@ -19,9 +19,9 @@ train() {  # train NAME [flags]: a memory in $E/memories/NAME, resumed when its 
 # Every run: a new recall document at every example (--stream), 4 questions per document = one document a
 # step, the memory made at the end of the document before the question (--query-agnostic), the document
 # cut from the cache after it (only the sinks, the memory and the question window remain).
-STREAM128=(--data recall:context=128,facts=4 --stream --questions-per-document 4 --batch-size 4
-           --prompt-window $W128 --query-agnostic --no-trigger-memory --val-size 64 --eval-every 100 --save-every 25
-           --max-length 400)
+CUT128=(--data recall:context=128,facts=4 --stream --questions-per-document 4 --batch-size 4
+        --prompt-window $W128 --no-trigger-memory --val-size 64 --eval-every 100 --save-every 25 --max-length 400)
+STREAM128=("${CUT128[@]}" --query-agnostic)
 EVAL128=(--threads 1 --data recall:context=128,facts=4 --split test --limit ${LIMIT:-200} --batch-size 8
          --max-new-tokens 24 --no-nll)
 case "$1" in
@@ -29,9 +29,21 @@ case "$1" in
     # of the evicted document (digits x4)
     train qa128_mix "${STREAM128[@]}" --method flashmem --lr 1e-3 --steps 2000 \
       --kl-weight 0.5 --recon-weight 1 --recon-digit-weight 4 ;;
+  train-qa128-sft)  # the paper's objective alone (answer NLL), same data, memory and steps: what the extra signals add
+    train qa128_sft "${STREAM128[@]}" --method flashmem --lr 1e-3 --steps 2000 ;;
+  train-qa128-write)  # the mix with write capacity at every layer: a rank-8 LoRA on every layer's K/V projections,
+    # on only while the latents are written (--write-lora-r)
+    train qa128_write "${STREAM128[@]}" --method flashmem --lr 1e-3 --steps 2000 --write-lora-r 8 \
+      --kl-weight 0.5 --recon-weight 1 --recon-digit-weight 4 ;;
+  train-aware128-sft)  # the paper's own setting through the cut: memory made after the question (query-aware), answer NLL
+    train aware128_sft "${CUT128[@]}" --method flashmem --lr 1e-3 --steps 2000 ;;
   eval-plain-128)  # the plain model through the cut (floor) and with the whole document (ceiling)
     $FM eval "${EVAL128[@]}" --method vanilla --prompt-window $W128 --out $E/eval/c128/vanilla_cut.json \
       --also "--prompt-window 0 --out $E/eval/c128/vanilla_whole.json" ;;
+  eval-nll-*)  # eval-nll-RUN: the answers' likelihood through the cut, own memory and another document's, paired
+    run=${1#eval-nll-}
+    $FM eval "${EVAL128[@]/--no-nll/--nll-only}" --method flashmem --memory $E/memories/$run \
+      --out $E/eval/c128/nll_$run.json --also "--ablate foreign-context --out $E/eval/c128/nll_${run}_foreign-context.json" ;;
   eval-*)  # eval-RUN: a trained memory on 128-token documents through the cut, with its foreign-context ablation
     run=${1#eval-}
     $FM eval "${EVAL128[@]}" --method flashmem --memory $E/memories/$run --out $E/eval/c128/$run.json \
