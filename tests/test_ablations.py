@@ -55,6 +55,22 @@ def test_foreign_latents_are_the_foreign_questions_own(setup):
         foreign_examples(examples[:1])
 
 
+def test_query_agnostic_foreign_latents_are_made_before_the_foreign_question(setup):
+    """For a memory made before the question window, another question's latents are made at the same point of
+    that question's prompt, so the ablation swaps documents, not questions the memory never sees."""
+    from dataclasses import replace
+
+    _, _, bb, memory, examples, _ = setup
+    policy = replace(memory.config, prompt_window=3, query_agnostic=True)
+    questions = [ex.question for ex in examples[1:3]]
+    wrapped = foreign_context(bb, memory, questions, None, policy)
+    ids, mask = encode_prompts(bb.tokenizer, questions)
+    alone, _ = prefill(bb, ids[:, :-3], mask[:, :-3], 4)  # the foreign prompts without their window
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(memory_context(bb, alone)), memory(memory_context(bb, alone)), atol=1e-5,
+                                   rtol=1e-4)
+
+
 def test_mean_latents_are_the_per_index_means_on_the_embedding_scale(setup, tmp_path):
     _, _, bb, memory, examples, _ = setup
     fm = FlashMem(bb, memory)

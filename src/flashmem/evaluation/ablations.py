@@ -23,7 +23,7 @@ from torch import nn
 from ..config import MemoryConfig
 from ..data.datasets import Example
 from ..data.prompts import encode_prompts
-from ..decoding.engine import memory_context, prefill
+from ..decoding.engine import memory_context, prefill, rewind
 from ..errors import FlashmemError
 from ..memory.base import LatentMemory, MemoryContext
 from ..models.backbone import Backbone
@@ -57,10 +57,15 @@ class ForeignContext(nn.Module):
 
 
 @torch.no_grad()
-def foreign_context(bb: Backbone, memory: LatentMemory, questions: list[str], system: str | None) -> ForeignContext:
-    """The memory wrapped to read the prompt-end states of `questions` (one per batch row)."""
+def foreign_context(bb: Backbone, memory: LatentMemory, questions: list[str], system: str | None,
+                    policy: MemoryConfig | None = None) -> ForeignContext:
+    """The memory wrapped to read the prompt-end states of `questions` (one per batch row). A query-agnostic
+    policy reads them where its own memory is made: before each foreign prompt's window (its question)."""
+    policy = policy or memory.config
     ids, mask = encode_prompts(bb.tokenizer, questions, bb.device, system=system)
-    state, _ = prefill(bb, ids, mask, memory.config.n_sinks)
+    state, _ = prefill(bb, ids, mask, policy.n_sinks)
+    if policy.query_agnostic and policy.prompt_window > 0:
+        rewind(bb, state, policy.prompt_window)
     return ForeignContext(memory, memory_context(bb, state))
 
 

@@ -327,7 +327,7 @@ def with_foreign(fm: FlashMem, foreign: dict[int, Example] | None, batch: list[E
     """fm itself, or (--ablate foreign-context) fm whose memory reads the batch's foreign prompt states."""
     if foreign is None:
         return fm
-    memory = foreign_context(fm.backbone, fm.memory, [foreign[ex.line].question for ex in batch], fm.system)
+    memory = foreign_context(fm.backbone, fm.memory, [foreign[ex.line].question for ex in batch], fm.system, fm.config)
     return FlashMem(fm.backbone, memory, fm.trained, fm.config, fm.system)
 
 
