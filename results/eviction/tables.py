@@ -25,7 +25,11 @@ def capacity_table(path: Path) -> str:
     if not points:
         return ""
     cells = defaultdict(list)
+    seen_plain = set()
     for p in points:
+        if p["k"] == 0 and p["doc"] in seen_plain:  # the plain cut is path-free: one point per document
+            continue
+        seen_plain |= {p["doc"]} if p["k"] == 0 else set()
         cells[(p["k"], "none" if p["k"] == 0 else p["path"])].append(p)
     ks = sorted({k for k, _ in cells})
     setting = points[0]["setting"]
