@@ -160,8 +160,8 @@ def append_tokens(state: DecodeState, tokens: torch.Tensor) -> None:
 
 def chunk_entropy(bb: Backbone, state: DecodeState, query: torch.Tensor) -> torch.Tensor:
     """Monitor entropy (B, Q) of the last Q appended slots, each seeing the cache up to itself."""
-    keys, _ = bb.cache_kv(state.cache, bb.n_layers - 1)
     q, t = query.shape[2], state.length
+    keys, _ = bb.cache_kv(state.cache, bb.n_layers - 1, t)
     slots = torch.arange(t, device=keys.device)
     causal = slots[None, :] <= (t - q + torch.arange(q, device=keys.device))[:, None]  # (Q, T)
     visible = state.mask.bool()[:, None, :] & causal[None]
@@ -256,13 +256,12 @@ def cut_prompt(bb: Backbone, state: DecodeState, tail: torch.Tensor, latents: to
         raise FlashmemError(f"prompt window {tail.shape[1]}: no room left in the model's context to re-read the "
                             "prompt's end")
     state.mask = state.mask.masked_fill(~state.sinks, 0)  # a new tensor: saved copies of the state keep theirs
-    rows = [True] * tail.shape[0]
-    if latents is not None and memory is not None and memory.writes_backbone:
+    rows, made = [True] * tail.shape[0], latents is not None
+    written = None
+    if made and memory is not None and memory.writes_backbone:
         with memory.writer():
             written = forward_chunk(bb, state, latents, rows, all_logits=all_logits)
         latents = None
-    else:
-        written = None
     append_tokens(state, tail)
     chunk = bb.embed(tail) if latents is None else torch.cat([latents, bb.embed(tail)], 1)
     out = forward_chunk(bb, state, chunk, rows, all_logits=all_logits)
@@ -270,7 +269,7 @@ def cut_prompt(bb: Backbone, state: DecodeState, tail: torch.Tensor, latents: to
         out = StepOutput(logits=torch.cat([written.logits, out.logits], 1),
                          hidden=torch.cat([written.hidden, out.hidden], 1), query=None)
     state.logits, state.hidden = out.logits[:, -1], out.hidden[:, -1]
-    if written is not None or latents is not None:
+    if made:
         state.made = state.made + 1
     return out
 

@@ -122,7 +122,8 @@ def cache_slots(ids: torch.Tensor, gen: GenerationConfig, policy: MemoryConfig |
     """Slots a preallocated cache needs: the prompt, every answer token, the prompt-end memory and each
     consolidation the budget allows, and the prompt window read again after the cut."""
     new = forced.shape[1] if forced is not None else gen.max_new_tokens
-    memory = 0 if policy is None else policy.num_latents * (int(policy.prompt_memory) + policy.budget)
+    triggered = policy.budget if policy is not None and policy.trigger_memory else 0
+    memory = 0 if policy is None else policy.num_latents * (int(policy.prompt_memory) + triggered)
     return ids.shape[1] + new + memory + prompt_window(gen, policy) + 1
 
 

@@ -33,7 +33,7 @@ class MemoryContext:
 
     def cache_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, n_kv, T, D) of one cached layer, for this context's rows only."""
-        keys, values = self.backbone.cache_kv(self.cache, layer)
+        keys, values = self.backbone.cache_kv(self.cache, layer, self.mask.shape[1])
         return (keys, values) if self.rows is None else (keys[self.rows], values[self.rows])
 
     def select(self, rows: torch.Tensor) -> MemoryContext:

@@ -147,12 +147,13 @@ class Backbone:
         return StaticCache(config=self.model.config, max_cache_len=max_len)
 
     @staticmethod
-    def cache_kv(cache: DynamicCache, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def cache_kv(cache: DynamicCache, layer_index: int, filled: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached keys/values of one layer, (B, n_kv, T, D), keys already rotated, the T slots filled so far
-        (a view of a preallocated cache's buffers). No copy."""
+        (a view of a preallocated cache's buffers). No copy. filled: T when the caller knows it on the host
+        (a preallocated cache keeps it on the device, where reading it would wait for the GPU)."""
         layer = cache.layers[layer_index]
         if isinstance(layer, StaticLayer):
-            filled = int(layer.cumulative_length)
+            filled = int(layer.cumulative_length) if filled is None else filled
             return layer.keys[:, :, :filled], layer.values[:, :, :filled]
         return layer.keys, layer.values
 

@@ -87,7 +87,7 @@ def reconstruction_nll(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor,
         rewind(bb, state, window)
     latents = memory(memory_context(bb, state))
     span = prompt[policy.n_sinks: prompt.numel() - window][: objective.recon_tokens]
-    out = cut_prompt(bb, state, span[None].to(prompt.device), latents, all_logits=True, memory=memory)
+    out = cut_prompt(bb, state, span[None], latents, all_logits=True, memory=memory)
     k = latents.shape[1]
     logits = out.logits[0, k - 1: k - 1 + span.numel()]  # the last latent predicts the span's first token
     nll = torch.nn.functional.cross_entropy(logits.float(), span, reduction="none")
