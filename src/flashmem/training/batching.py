@@ -47,9 +47,8 @@ def encode_examples(
     for example in examples:
         prompt, answer = encode_example(tokenizer, example, system)
         where = f"{source} line {example.line}"
-        length = len(prompt) + len(answer)
-        if length > max_length:
-            problem = f"{where}: sequence of {length} tokens is longer than --max-length {max_length}"
+        problem = length_problem(where, prompt, answer, max_length)
+        if problem:
             if on_bad_data == "stop":
                 raise FlashmemError(f"{problem} (pass --on-bad-data skip to drop such examples)")
             skipped.append(problem)
@@ -61,6 +60,12 @@ def encode_examples(
     if not kept:
         raise FlashmemError(f"no training sequences left from {source} (all longer than --max-length {max_length})")
     return kept
+
+
+def length_problem(where: str, prompt: list[int], answer: list[int], max_length: int) -> str | None:
+    """What is wrong with a sequence longer than max_length, or None."""
+    length = len(prompt) + len(answer)
+    return f"{where}: sequence of {length} tokens is longer than --max-length {max_length}" if length > max_length else None
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -134,7 +139,7 @@ class LazySequences:
         example = self.examples[index]
         prompt, answer = encode_example(self.tokenizer, example, self.system)
         where = f"{self.source} item {example.line}"
-        if len(prompt) + len(answer) > self.max_length:
-            raise FlashmemError(f"{where}: sequence of {len(prompt) + len(answer)} tokens is longer than "
-                                f"--max-length {self.max_length}")
+        problem = length_problem(where, prompt, answer, self.max_length)
+        if problem:
+            raise FlashmemError(problem)
         return Sequence(torch.tensor(prompt), torch.tensor(answer), where, reconstruct=index % self.per_document == 0)
