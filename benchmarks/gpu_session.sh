@@ -4,12 +4,14 @@
 # OUT_DIR: gpu.txt (device and versions), gpu_checks.json/.log, and per bench NAME: NAME.md (the table)
 # and NAME_raw.tar.gz (every bench JSON and log).
 #   bash benchmarks/gpu_session.sh OUT_DIR [STAGE ...]
-# Stages (default: checks profile table3):
+# Stages (default: checks profile compiled table3):
 #   checks     benchmarks/gpu_checks.py
 #   profile    issue 34's first step: one eager decoding step at 64k under torch.profiler (benchmarks/profile_step.py:
 #              plain, monitor, consolidation; host against kernel time, attention's share)
 #   qwen05     issue 12: random:qwen2.5-coder-0.5b (the alias's architecture) at 1k and 4k, 5 repeats
 #   table3     the paper's Table 3 setting: random:qwen2.5-1.5b at CONTEXTS (default 64k, 8k, 16k, 32k)
+#   compiled   issue 34: the same at COMPILED_CONTEXTS (default 64k) with the compiled step (--compile: one CUDA
+#              graph per step) for every method, and transformers' own compiled generate as the peer
 # SESSION_BUDGET_S (default 500): a stage not started by then is skipped, and each bench's budget is
 # what is left, so the call ends inside the device's 10-minute limit.
 # The GPU image has transformers 5.17 (which ignores our cache argument): wheels of transformers
@@ -17,7 +19,7 @@
 set -u
 OUT=${1:?usage: gpu_session.sh OUT_DIR [STAGE ...]}
 shift
-STAGES=${*:-checks profile table3}
+STAGES=${*:-checks profile compiled table3}
 SESSION_BUDGET_S=${SESSION_BUDGET_S:-500}
 HERE=$(cd "$(dirname "$0")" && pwd)
 start=$(date +%s)
@@ -53,6 +55,8 @@ for stage in $STAGES; do
         --context "${PROFILE_CONTEXT:-65536}" --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
       echo "gpu_session: profile exit $?" ;;
     qwen05) bench qwen05 MODEL=random:qwen2.5-coder-0.5b CONTEXTS="${QWEN_CONTEXTS:-1024 4096}" ;;
+    compiled) bench compiled CONTEXTS="${COMPILED_CONTEXTS:-65536}" REPEATS="${REPEATS:-3}" \
+      METHODS=vanilla,flashmem,memgen,transformers BENCH_FLAGS=--compile ;;
     table3) bench table3 CONTEXTS="${CONTEXTS:-65536 8192 16384 32768}" REPEATS="${REPEATS:-5}" ;;
     *) echo "gpu_session: unknown stage $stage"; exit 2 ;;
   esac

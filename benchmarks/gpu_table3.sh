@@ -7,7 +7,8 @@
 # finished; then one table (table3.md) beside the paper's figures.
 #
 #   bash benchmarks/gpu_table3.sh OUT_DIR
-# Settings (environment): MODEL, CONTEXTS, NEW_TOKENS, REPEATS, DEVICE, DTYPE, BUDGET_S (a context not
+# Settings (environment): MODEL, CONTEXTS, NEW_TOKENS, REPEATS, DEVICE, DTYPE, METHODS, BENCH_FLAGS (more
+# `flashmem bench` options, e.g. --compile), BUDGET_S (a context not
 # started within BUDGET_S seconds is skipped; default 390, to finish under 8 minutes on an H100/H200),
 # CONTEXT_TIMEOUT_S (one context's bench is stopped after this; default 300).
 # On the CPU with a small model, as a check of the script itself:
@@ -24,6 +25,8 @@ DTYPE=${DTYPE:-bfloat16}
 BUDGET_S=${BUDGET_S:-390}
 CONTEXT_TIMEOUT_S=${CONTEXT_TIMEOUT_S:-300}  # one context's bench is stopped after this
 PYTHON=${PYTHON:-python3}
+METHODS=${METHODS:-vanilla,flashmem,memgen}
+BENCH_FLAGS=${BENCH_FLAGS:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 start=$(date +%s)
@@ -33,7 +36,7 @@ for ctx in $CONTEXTS; do
     continue
   fi
   timeout "$CONTEXT_TIMEOUT_S" "$PYTHON" -m flashmem bench --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" --contexts "$ctx" \
-    --new-tokens "$NEW_TOKENS" --repeats "$REPEATS" --schedules paper --batch-sizes 1 \
+    --new-tokens "$NEW_TOKENS" --repeats "$REPEATS" --schedules paper --batch-sizes 1 --methods "$METHODS" $BENCH_FLAGS \
     --out "$OUT/table3_$ctx.json" > "$OUT/table3_$ctx.md" 2> "$OUT/table3_$ctx.log" \
     || echo "gpu_table3: context $ctx failed (see table3_$ctx.log)" | tee -a "$OUT/skipped.txt"
   echo "gpu_table3: context $ctx done after $(( $(date +%s) - start ))s"

@@ -21,7 +21,6 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from flashmem.config import MemoryConfig
 from flashmem.decoding.engine import consolidate, decode_step, prefill
 from flashmem.memory.registry import build_memory, default_config
 from flashmem.models.loader import load_backbone

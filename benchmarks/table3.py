@@ -13,7 +13,7 @@ from pathlib import Path
 
 # FlashMem paper, Table 3 (64k context): per-step latency ms, decoding tokens/s, peak GPU memory GB.
 PAPER = {"vanilla": (9.97, 25.67, 31.21), "memgen": (61.99, 4.13, 40.78), "flashmem": (12.28, 20.86, 31.44)}
-ORDER = ("vanilla", "flashmem", "memgen")
+ORDER = ("vanilla", "flashmem", "memgen", "transformers")
 
 
 def rows(paths: list[str]) -> tuple[list[dict], list[dict], dict]:
@@ -37,13 +37,15 @@ def table(results: list[dict], ratios: list[dict]) -> str:
         lat = r["step_latency_ms"]
         lines.append(f"| {r['context']} | {r['method']} | {r['tokens_per_s']:.2f} | {lat['median']:.2f} "
                      f"[{lat['min']:.2f}, {lat['max']:.2f}] | {gb(r['peak_mb'])} | {gb(r['peak_above_baseline_mb'])} |")
-    lines += ["", "| context | FlashMem/vanilla tokens/s | FlashMem/MemGen step latency | FlashMem/vanilla peak memory |",
-              "|---|---|---|---|"]
+    lines += ["", "| context | FlashMem/vanilla tokens/s | FlashMem/MemGen step latency | FlashMem/vanilla peak memory "
+              "| vanilla/transformers tokens/s |", "|---|---|---|---|---|"]
     by = {(r["pair"], r["context"]): r for r in ratios}
     for ctx in sorted({r["context"] for r in ratios}):
         v, m = by.get(("flashmem/vanilla", ctx)), by.get(("flashmem/memgen", ctx))
+        peer = by.get(("vanilla/transformers", ctx))
         lines.append(f"| {ctx} | {v['tokens_per_s']:.3f} | {m['step_latency'] if m else float('nan'):.3f} | "
-                     f"{v['peak'] if v['peak'] is not None else float('nan'):.3f} |")
+                     f"{v['peak'] if v['peak'] is not None else float('nan'):.3f} | "
+                     f"{peer['tokens_per_s'] if peer else float('nan'):.3f} |")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from flashmem.data.datasets import load_examples
 from flashmem.data.prompts import encode_prompts
 from flashmem.decoding.engine import memory_context, prefill
 from flashmem.errors import FlashmemError
-from flashmem.evaluation.ablations import ForeignContext, MeanLatents, foreign_context, foreign_examples, mean_latents
+from flashmem.evaluation.ablations import foreign_context, foreign_examples, mean_latents
 from flashmem.memory.registry import build_memory, default_config, save_memory
 from flashmem.models.loader import load_backbone
 

@@ -8,7 +8,7 @@ from test_engine import firing_memory
 from tiny_assets import make_tiny_model_dir
 
 from flashmem.cli import main
-from flashmem.data.recall import SPLIT_SIZES, RecallStream, make_document, parse_spec
+from flashmem.data.recall import SPLIT_SIZES, RecallStream, make_document, make_item, parse_spec
 from flashmem.errors import FlashmemError
 from flashmem.models.backbone import Backbone
 from flashmem.models.testing import tiny_model
@@ -108,6 +108,19 @@ def test_recall_stream_never_repeats_a_document_and_asks_each_one_q_questions():
         RecallStream(spec, 5)
 
 
+def test_fit_documents_cycle_over_the_train_items_documents():
+    """--fit-documents N: the stream repeats train documents 1..N, the very documents of train items 1..N."""
+    spec = parse_spec("recall:context=128,facts=4")
+    stream = RecallStream(spec, questions_per_document=2, documents=3)
+    docs = [stream[i].question.split("\n\nQuestion:")[0] for i in range(14)]
+    train_docs = [make_item(spec, "train", j).question.split("\n\nQuestion:")[0] for j in range(3)]
+    assert docs == [train_docs[(i // 2) % 3] for i in range(14)]
+    assert stream[0].final == make_item(spec, "train", 0).final  # fact 0 is the needle eval asks
+    assert "train documents 1..3, repeated" in stream[0].source
+    with pytest.raises(FlashmemError, match="fit check cycles over 1..4000"):
+        RecallStream(spec, 1, documents=0)
+
+
 def test_train_streams_recall_with_every_objective(tmp_path):
     model = make_tiny_model_dir(tmp_path / "model", max_position_embeddings=2048)
     out = tmp_path / "mem"
@@ -135,3 +148,7 @@ def test_objective_settings_are_checked():
         TrainConfig(data="recall", out="x", stream=True)
     with pytest.raises(FlashmemError, match="one of them > 0"):
         TrainConfig(data="recall", out="x", sft_weight=0.0)
+    with pytest.raises(FlashmemError, match="--fit-documents needs --stream"):
+        TrainConfig(data="recall", out="x", steps=3, fit_documents=4)
+    with pytest.raises(FlashmemError, match="--stop-at must be >= 1"):
+        TrainConfig(data="recall", out="x", steps=3, stop_at=0)

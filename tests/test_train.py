@@ -163,6 +163,23 @@ def test_minutes_limit_stops_cleanly(assets, tmp_path, capsys):
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 1
 
 
+def test_stop_at_keeps_the_schedule_and_resumes(assets, tmp_path, capsys):
+    """--stop-at N ends at step N on --steps' schedule; resuming to the end equals one uninterrupted run."""
+    model, data = assets
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train(model, data, whole, "--steps", 6, "--threshold", 1.0) == 0
+    assert train(model, data, parts, "--steps", 6, "--threshold", 1.0, "--stop-at", 3) == 0
+    assert "stopped at --stop-at: step 3/6" in capsys.readouterr().err
+    assert json.loads((parts / "checkpoint" / "state.json").read_text())["step"] == 3
+    assert train(model, data, parts, "--steps", 6, "--threshold", 1.0, "--stop-at", 3, "--resume") == 0
+    assert "stopped at --stop-at: step 3/6" in capsys.readouterr().err  # already there: no step is taken
+    assert len(losses(parts)) == 3
+    assert train(model, data, parts, "--steps", 6, "--threshold", 1.0, "--resume") == 0
+    lrs = [[r["lr"] for r in map(json.loads, (d / "log.jsonl").read_text().splitlines()) if "lr" in r]
+           for d in (whole, parts)]
+    assert lrs[0] == lrs[1] and losses(parts) == pytest.approx(losses(whole), abs=1e-6)
+
+
 # ---- data ----------------------------------------------------------------------------------------
 def test_long_sequences_stop_or_are_skipped_with_line(assets, tmp_path, capsys):
     model, _ = assets

@@ -2,7 +2,10 @@
 # Issue 32 (a memory that survives eviction) on SmolLM2-135M, this 2-core CPU, one torch thread a job.
 # Resumable: rerun the same stage; finished points/steps are kept.
 #   bash results/eviction/run.sh capacity-128|capacity-128-norm|capacity-512
-#   bash results/eviction/run.sh train-RUN | eval-RUN | eval-nll-RUN | eval-plain-128 | presses-c512-k8   (runs below)
+#   bash results/eviction/run.sh train-RUN | eval-RUN | eval-nll-RUN | eval-fit-RUN | eval-plain-128 | presses-c512-k8
+# Training runs are compared at equal steps: each stops at step STOP (default 500) of its 2,000-step schedule
+# (--stop-at), and STOP=N resumes it further on the same schedule; evaluations name the step (RUN_sSTEP; the
+# records without a step are qa128_mix's at step 453, stopped by the end of session 16).
 set -euo pipefail
 export OMP_NUM_THREADS=1
 E=results/eviction
@@ -21,7 +24,7 @@ train() {  # train NAME [flags]: a memory in $E/memories/NAME, resumed when its 
 # cut from the cache after it (only the sinks, the memory and the question window remain).
 CUT128=(--data recall:context=128,facts=4 --stream --questions-per-document 4 --batch-size 4
         --prompt-window $W128 --no-trigger-memory --val-size 64 --eval-every 100 --save-every 25 --max-length 400)
-STREAM128=("${CUT128[@]}" --query-agnostic)
+STREAM128=("${CUT128[@]}" --query-agnostic --stop-at ${STOP:-500})
 EVAL128=(--threads 1 --data recall:context=128,facts=4 --split test --limit ${LIMIT:-200} --batch-size 8
          --max-new-tokens 24 --no-nll)
 case "$1" in
@@ -36,18 +39,27 @@ case "$1" in
     train qa128_write "${STREAM128[@]}" --method flashmem --lr 1e-3 --steps 2000 --write-lora-r 8 \
       --kl-weight 0.5 --recon-weight 1 --recon-digit-weight 4 ;;
   train-aware128-sft)  # the paper's own setting through the cut: memory made after the question (query-aware), answer NLL
-    train aware128_sft "${CUT128[@]}" --method flashmem --lr 1e-3 --steps 2000 ;;
+    train aware128_sft "${CUT128[@]}" --stop-at ${STOP:-500} --method flashmem --lr 1e-3 --steps 2000 ;;
+  train-fit128-sft)  # the limit check: the same recipe as qa128_sft on 8 documents repeated (--fit-documents), one a
+    # step, each asked its 4 facts: can the consolidator carry these documents through the cut at all?
+    train fit128_sft "${STREAM128[@]}" --fit-documents 8 --method flashmem --lr 1e-3 --steps 2000 ;;
+  eval-fit-*)  # eval-fit-RUN: a fit check's memory on its own 8 training documents (their needles), own memory
+    # and another of the 8 documents', answers and their likelihood
+    run=${1#eval-fit-}; at=${run}_s${STOP:-500}
+    $FM eval --threads 1 --data recall:context=128,facts=4 --split train --limit 8 --batch-size 8 --max-new-tokens 24 \
+      --method flashmem --memory $E/memories/$run \
+      --out $E/eval/c128/fit_$at.json --also "--ablate foreign-context --out $E/eval/c128/fit_${at}_foreign-context.json" ;;
   eval-plain-128)  # the plain model through the cut (floor) and with the whole document (ceiling)
     $FM eval "${EVAL128[@]}" --method vanilla --prompt-window $W128 --out $E/eval/c128/vanilla_cut.json \
       --also "--prompt-window 0 --out $E/eval/c128/vanilla_whole.json" ;;
   eval-nll-*)  # eval-nll-RUN: the answers' likelihood through the cut, own memory and another document's, paired
-    run=${1#eval-nll-}
+    run=${1#eval-nll-}; at=${run}_s${STOP:-500}
     $FM eval "${EVAL128[@]/--no-nll/--nll-only}" --method flashmem --memory $E/memories/$run \
-      --out $E/eval/c128/nll_$run.json --also "--ablate foreign-context --out $E/eval/c128/nll_${run}_foreign-context.json" ;;
+      --out $E/eval/c128/nll_$at.json --also "--ablate foreign-context --out $E/eval/c128/nll_${at}_foreign-context.json" ;;
   eval-*)  # eval-RUN: a trained memory on 128-token documents through the cut, with its foreign-context ablation
-    run=${1#eval-}
-    $FM eval "${EVAL128[@]}" --method flashmem --memory $E/memories/$run --out $E/eval/c128/$run.json \
-      --also "--ablate foreign-context --out $E/eval/c128/${run}_foreign-context.json" ;;
+    run=${1#eval-}; at=${run}_s${STOP:-500}
+    $FM eval "${EVAL128[@]}" --method flashmem --memory $E/memories/$run --out $E/eval/c128/$at.json \
+      --also "--ablate foreign-context --out $E/eval/c128/${at}_foreign-context.json" ;;
   capacity-128)  # 4 facts in ~130-token documents: every K on both paths, two documents
     $PY benchmarks/capacity.py --setting context=128,facts=4 --docs 2 --ks 0,1,2,4,8,16,32 --paths kv,embed \
       --steps 300 --check-every 50 --out $E/capacity_c128_f4.jsonl --threads 1 ;;

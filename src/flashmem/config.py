@@ -135,6 +135,9 @@ class GenerationConfig:
     static_cache: bool = option(False, "preallocate the cache for the prompt, the answer and every memory slot "
                                 "(transformers' StaticCache): each step writes in place instead of copying every "
                                 "layer's keys and values; the same tokens")
+    compile: bool = option(False, "decode each step as one torch.compile graph of fixed shape (the forward, the last "
+                           "layer's query and the monitor's entropy) on a preallocated cache (implies static_cache); "
+                           "the same tokens; compiling takes seconds to minutes per batch size and cache size")
     prompt_window: int | None = option(None, "cut the prompt but its sinks after the prompt-end memory and re-read "
                                        "its last N tokens (None: the memory's own prompt_window; 0 without a memory)")
 

@@ -340,19 +340,31 @@ class RecallStream:
     document j drawn from its own random stream (seed, "stream", j). q = questions_per_document > 1
     lets one document serve several consecutive examples (a batch of q asks about one document)."""
 
-    def __init__(self, spec: RecallSpec, questions_per_document: int = 1):
+    def __init__(self, spec: RecallSpec, questions_per_document: int = 1, documents: int | None = None):
         if not 1 <= questions_per_document <= spec.facts:
             raise FlashmemError(f"recall: questions per document must be in 1..{spec.facts} (the facts), "
                                 f"got {questions_per_document}")
-        self.spec, self.q = spec, questions_per_document
+        if documents is not None and not 1 <= documents <= SPLIT_SIZES["train"]:
+            raise FlashmemError(f"recall: a fit check cycles over 1..{SPLIT_SIZES['train']} train documents, "
+                                f"got {documents}")
+        self.spec, self.q, self.documents = spec, questions_per_document, documents
         self._last: tuple[int, Document] | None = None
+
+    @property
+    def label(self) -> str:
+        """What the examples are, for logs and records."""
+        where = STREAM if self.documents is None else f"train documents 1..{self.documents}, repeated"
+        return f"{spec_string(self.spec)} ({where})"
 
     def __len__(self) -> int:
         return STREAM_ITEMS
 
     def document(self, j: int) -> Document:
+        """Document j: a new one from its own stream, or (a fit check) train document j mod N, the
+        document of train item j mod N, so `--split train --limit N` evaluates on exactly these."""
         if self._last is None or self._last[0] != j:
-            self._last = (j, _document(self.spec, item_rng(self.spec.seed, STREAM, j)))
+            self._last = (j, _document(self.spec, item_rng(self.spec.seed, STREAM, j)) if self.documents is None
+                          else make_document(self.spec, "train", j % self.documents))
         return self._last[1]
 
     def __getitem__(self, i: int) -> Example:
@@ -360,8 +372,7 @@ class RecallStream:
             raise FlashmemError(f"recall stream has items 0..{STREAM_ITEMS - 1}, got {i}")
         doc = self.document(i // self.q)
         fact = doc.facts[i % self.q]
-        return Example(doc.text + question_suffix(fact), fact.sentence(), fact.value, KIND,
-                       f"{spec_string(self.spec)} ({STREAM})", i + 1)
+        return Example(doc.text + question_suffix(fact), fact.sentence(), fact.value, KIND, self.label, i + 1)
 
 
 # ---- a split -------------------------------------------------------------------------------------

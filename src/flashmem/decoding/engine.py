@@ -329,7 +329,7 @@ def reprefill(bb: Backbone, state: DecodeState, rows: list[bool]) -> None:
     inputs = torch.cat(state.inputs, 1)
     state.inputs = [inputs]
     mask = state.mask.long()
-    state.cache = bb.new_cache()
+    state.cache = bb.new_cache(bb.cache_capacity(state.cache))  # preallocated again when it was
     out = bb.forward(inputs, state.cache, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1), mask)
     _take_last(state, out, torch.tensor(rows, device=mask.device))
 

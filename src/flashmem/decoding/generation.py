@@ -10,6 +10,7 @@ fire, together.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,6 +19,7 @@ import torch
 from ..config import GenerationConfig, MemoryConfig
 from ..memory.base import LatentMemory
 from ..models.backbone import Backbone
+from .compiled import CompiledStep, bucketed, compiled_step
 from .engine import DecodeState, decode_step, maybe_consolidate, prefill, prompt_memory, room_for, select_rows
 from .trigger import Trigger
 
@@ -104,14 +106,19 @@ def generate(
     watch = monitor or trigger.needs_entropy
     n_sinks = (policy or memory.config).n_sinks if memory is not None else DEFAULT_SINKS
     normalize = ((policy or memory.config).entropy == "normalized") if memory is not None else False
+    slots = cache_slots(ids, gen, policy, forced)
     state, _ = prefill(bb, ids, mask, n_sinks, keep_inputs=policy is not None and policy.reprefill,
-                       normalize_entropy=normalize, max_len=cache_slots(ids, gen, policy, forced) if gen.static_cache else None)
+                       normalize_entropy=normalize,
+                       max_len=bucketed(slots) if gen.compile else slots if gen.static_cache else None)
     log = _Log(keep_logits, origin=list(range(ids.shape[0])))
     prompt_latents = prompt_memory(bb, memory, state, policy, prompt_window(gen, policy))
     if prompt_latents is not None:
         log.latents.append((-1, prompt_latents))
-    compact = gen.compact and forced is None and not keep_logits  # the tests' logits need the whole batch
-    _decode(bb, state, memory, policy, trigger, gen, forced, watch, log, compact, stop if forced is None else None)
+    # The tests' logits need the whole batch; a compiled step would compile again for every batch size.
+    compact = gen.compact and forced is None and not keep_logits and not gen.compile
+    with (compiled_step(bb, state, watch) if gen.compile else nullcontext(None)) as step:
+        _decode(bb, state, memory, policy, trigger, gen, forced, watch, log, compact, stop if forced is None else None,
+                step)
     threshold = (policy or memory.config).threshold if memory is not None else None
     stops = bb.stop_ids() if forced is None else None
     return _result(log, ids.shape[0], threshold, prompt_latents is not None, stops, bb.pad_id())
@@ -135,8 +142,10 @@ def prompt_window(gen: GenerationConfig, policy: MemoryConfig | None) -> int:
 
 
 def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, gen: GenerationConfig,
-            forced: torch.Tensor | None, watch: bool, log: _Log, compact: bool, stop: StopRule | None = None) -> None:
-    """The decoding loop: pick a token, feed it, let the trigger decide, drop finished rows, until done."""
+            forced: torch.Tensor | None, watch: bool, log: _Log, compact: bool, stop: StopRule | None = None,
+            compiled: CompiledStep | None = None) -> None:
+    """The decoding loop: pick a token, feed it, let the trigger decide, drop finished rows, until done.
+    compiled: the step as one compiled graph (GenerationConfig.compile), the same numbers."""
     rng = torch.Generator(device=state.mask.device).manual_seed(gen.seed) if gen.temperature > 0 else None
     eos = torch.tensor(bb.stop_ids() or [-1], device=state.mask.device)
     finished = torch.zeros(state.mask.shape[0], dtype=torch.bool, device=state.mask.device)
@@ -146,7 +155,7 @@ def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, 
         token, finished = _pick(state, gen, rng, forced, step, finished, pad, eos, log)
         if step == steps - 1 or not room_for(bb, state, 1):
             break
-        entropy = decode_step(bb, state, token, watch)
+        entropy = compiled(state, token) if compiled is not None else decode_step(bb, state, token, watch)
         fire = trigger.fire_rows(entropy, token, step, ~finished) if trigger.kind else None
         done, rows = _read_back(finished, fire)  # the step's one host round trip
         if stop is not None:

@@ -11,6 +11,9 @@ that includes a consolidation; min/median/max over the repeats are kept. Schedul
 - calibrated: each memory's own policy as users run it (FlashMem's monitor with its threshold,
   MemGen's delimiter rule); the monitor's trigger rate is reported;
 - fixed: memory at the prompt end plus --consolidations more, evenly spaced.
+The method `transformers` (opt-in) is transformers' own greedy `generate` on its static cache, compiled as
+transformers compiles it under --compile: plain decoding as a user would run it without flashmem, timed
+the same way (decode from the first token's logits to the last token) on the same prompt and length.
 Under paper and fixed both memories fire at the same steps (FlashMem's monitor still runs every step,
 with a threshold no entropy is below, so its cost is counted). Memory: peak CUDA allocation on a
 GPU (in process, reset before each run); on the CPU the growth of the resident set above the loaded
@@ -43,6 +46,7 @@ from .report import machine_info, plot_latency
 
 SCHEDULES = ("paper", "calibrated", "fixed")
 BENCH_METHODS = ("vanilla", "flashmem", "memgen")
+PEER = "transformers"  # transformers' own generate on its static cache (compiled with --compile): the peer
 SCHEDULE_THRESHOLD = -1.0  # below any entropy: the budget and gap alone decide when memory is made
 PAPER_ROUND = 32  # text tokens per round in the paper's setting
 WARMUP_CONTEXT = 1024  # the warm-up decodes at most this much context (the first calls' costs do not grow with it)
@@ -72,7 +76,8 @@ class BenchConfig(ModelOptions):
 
     memory: str | None = option(None, "FlashMem memory folder (default: an untrained one; speed does not depend on training)")
     memgen_memory: str | None = option(None, "MemGen memory folder (default: an untrained one)")
-    methods: str = option(",".join(BENCH_METHODS), "comma-separated methods (vanilla must be among them)")
+    methods: str = option(",".join(BENCH_METHODS), f"comma-separated methods (vanilla must be among them; "
+                          f"{PEER}: transformers' own generate, the peer)")
     contexts: str = option("1024,4096", "prompt lengths in tokens, comma-separated")
     new_tokens: int = option(256, "tokens decoded per run")
     repeats: int = option(5, "timed runs per method, context and batch size")
@@ -82,6 +87,8 @@ class BenchConfig(ModelOptions):
     data_dir: str | None = option(None, "folder with gsm8k/test.jsonl, the prompt text (default $FLASHMEM_DATA_DIR, then the hub)")
     memory_workers: bool = option(True, "CPU: measure memory growth in one subprocess per method")
     static_cache: bool = option(False, "decode every method with a preallocated cache (GenerationConfig.static_cache)")
+    compile: bool = option(False, "decode every method's steps as one compiled graph on a preallocated cache "
+                           "(GenerationConfig.compile); the warm-up run compiles")
     out: str = option(MISSING, "results JSON", metavar="FILE.json")
     plot: str | None = option(None, "plot per-step latency against context length", metavar="FILE.png")
 
@@ -108,7 +115,7 @@ class BenchConfig(ModelOptions):
 
     @property
     def method_list(self) -> list[str]:
-        return _names(self.methods, "methods", BENCH_METHODS)
+        return _names(self.methods, "methods", BENCH_METHODS + (PEER,))
 
 
 def bench(cfg: BenchConfig) -> dict:
@@ -161,7 +168,7 @@ def bench_methods(bb: Backbone, cfg: BenchConfig, schedule: str, stream: list[in
     """{method: (memory or None, policy or None)} under one schedule."""
     methods: dict = {}
     for name in cfg.method_list:
-        if name == "vanilla":
+        if name in ("vanilla", PEER):
             methods[name] = (None, None)
             continue
         memory = bench_memory(bb, name, cfg.memory if name == "flashmem" else cfg.memgen_memory)
@@ -233,17 +240,19 @@ def _sync(device: torch.device) -> None:
 
 
 def decode_once(bb: Backbone, memory: LatentMemory | None, policy: MemoryConfig | None, stream: list[int],
-                context: int, new_tokens: int, batch: int = 1, monitor: bool = False, static_cache: bool = False) -> dict:
+                context: int, new_tokens: int, batch: int = 1, monitor: bool = False, static_cache: bool = False,
+                compile: bool = False) -> dict:
     """Prefill `context` tokens (batch copies), decode `new_tokens` forced to the following text; seconds of
     each phase. monitor=True runs the entropy every step even without memory (the monitor's own cost);
-    static_cache: a preallocated cache."""
+    static_cache: a preallocated cache; compile: the compiled step (on one)."""
     ids = torch.tensor([stream[:context]] * batch, device=bb.device)
     forced = torch.tensor([stream[context: context + new_tokens]] * batch, device=bb.device)
     clock = _PrefillClock(bb)
     _sync(bb.device)
     start = time.perf_counter()
     with cuda_peak(bb.device) as peak:
-        result = generate(clock, ids, torch.ones_like(ids), memory, GenerationConfig(static_cache=static_cache), forced=forced,
+        result = generate(clock, ids, torch.ones_like(ids), memory,
+                          GenerationConfig(static_cache=static_cache, compile=compile), forced=forced,
                           monitor=monitor, policy=policy)
         _sync(bb.device)
     end = time.perf_counter()
@@ -252,6 +261,33 @@ def decode_once(bb: Backbone, memory: LatentMemory | None, policy: MemoryConfig 
     return {"prefill_s": clock.marks[0] - start, "decode_s": end - clock.marks[0],
             "consolidations": len(trace.consolidations), "prompt_memory": trace.prompt_memory,
             "trigger_rate": sum(fired) / len(fired) if fired else None, **peak}
+
+
+def run_method(bb: Backbone, name: str, method: tuple, stream: list[int], context: int, cfg: BenchConfig,
+               batch: int = 1) -> dict:
+    """One timed run of a method (decode_once, or the peer's generate)."""
+    if name == PEER:
+        return decode_peer(bb, stream, context, cfg.new_tokens, batch, cfg.compile)
+    return decode_once(bb, *method, stream, context, cfg.new_tokens, batch, static_cache=cfg.static_cache,
+                       compile=cfg.compile)
+
+
+def decode_peer(bb: Backbone, stream: list[int], context: int, new_tokens: int, batch: int, compiled: bool) -> dict:
+    """transformers' generate of new_tokens greedy tokens after `context` tokens; seconds of each phase."""
+    ids = torch.tensor([stream[:context]] * batch, device=bb.device)
+    marks: list[float] = []
+
+    def first_step() -> None:
+        _sync(bb.device)
+        marks.append(time.perf_counter())
+    _sync(bb.device)
+    start = time.perf_counter()
+    with cuda_peak(bb.device) as peak:
+        bb.library_generate(ids, torch.ones_like(ids), new_tokens, compiled, first_step)
+        _sync(bb.device)
+    end = time.perf_counter()
+    return {"prefill_s": marks[0] - start, "decode_s": end - marks[0], "consolidations": 0, "prompt_memory": False,
+            "trigger_rate": None, **peak}
 
 
 def time_methods(bb: Backbone, methods: dict, stream: list[int], cfg: BenchConfig, schedule: str, batch: int,
@@ -265,14 +301,13 @@ def time_methods(bb: Backbone, methods: dict, stream: list[int], cfg: BenchConfi
     # after a 1k warm-up was measured 2-3x slower than the next ones on an H200).
     warm = cfg.context_list[0] if bb.device.type == "cuda" else min(cfg.context_list[0], WARMUP_CONTEXT)
     for name in names:
-        decode_once(bb, *methods[name], stream, warm, cfg.new_tokens, batch, static_cache=cfg.static_cache)
+        run_method(bb, name, methods[name], stream, warm, cfg, batch)
     results = []
     for ctx in cfg.context_list:
         runs: dict[str, list[dict]] = {name: [] for name in names}
         for r in range(cfg.repeats):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                runs[name].append(decode_once(bb, *methods[name], stream, ctx, cfg.new_tokens, batch,
-                                              static_cache=cfg.static_cache))
+                runs[name].append(run_method(bb, name, methods[name], stream, ctx, cfg, batch))
                 print(f"bench: {schedule} batch {batch} {name} context {ctx} run {r + 1}/{cfg.repeats}: "
                       f"{runs[name][-1]['decode_s']:.2f} s decode", file=sys.stderr, flush=True)
         results += [summarize_runs(name, schedule, ctx, batch, cfg.new_tokens, runs[name]) for name in names]
@@ -300,16 +335,17 @@ def summarize_runs(name: str, schedule: str, ctx: int, batch: int, new_tokens: i
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """FlashMem against vanilla and MemGen on each (schedule, batch, context) they share."""
+    """FlashMem against vanilla, MemGen and the peer, and vanilla against the peer, on each (schedule, batch,
+    context) they share."""
     by = {(r["schedule"], r["batch"], r["context"], r["method"]): r for r in results}
     out = []
     for (schedule, batch, ctx, method), fm in sorted(by.items()):
-        if method != "flashmem":
+        if method not in ("flashmem", "vanilla"):
             continue
-        for other in ("vanilla", "memgen"):
+        for other in ("vanilla", "memgen", PEER) if method == "flashmem" else (PEER,):
             ref = by.get((schedule, batch, ctx, other))
             if ref is not None:
-                out.append({"pair": f"flashmem/{other}", "schedule": schedule, "batch": batch, "context": ctx,
+                out.append({"pair": f"{method}/{other}", "schedule": schedule, "batch": batch, "context": ctx,
                             "tokens_per_s": fm["tokens_per_s"] / ref["tokens_per_s"],
                             "step_latency": fm["step_latency_ms"]["median"] / ref["step_latency_ms"]["median"],
                             "peak": _ratio(fm["peak_mb"], ref["peak_mb"]),
@@ -326,6 +362,8 @@ def settings(cfg: BenchConfig, bb: Backbone, source: str, notes: list[str]) -> d
         "config": asdict(cfg), "model": cfg.model, "dtype": str(bb.dtype).removeprefix("torch."),
         "device": str(bb.device), "device_name": torch.cuda.get_device_name(bb.device) if bb.device.type == "cuda" else None,
         "prompt_source": source, "notes": notes, "machine": machine_info(),
+        "decode_path": ("compiled step on a preallocated cache (torch.compile, one graph)" if cfg.compile else
+                        "eager steps on a preallocated cache" if cfg.static_cache else "eager steps on a growing cache"),
         "schedules": {"paper": f"prompt-end memory, then one consolidation after every {PAPER_ROUND} text tokens "
                                "(8 rounds of K=8 latents + 32 tokens in 256 new tokens)",
                       "calibrated": "each memory's own policy (FlashMem: monitor with its threshold; MemGen: delimiters)",
@@ -369,7 +407,7 @@ def worker(spec: dict) -> dict:
     peaks = {}
     for ctx in cfg.context_list:
         resettable = reset_peak_rss()
-        decode_once(bb, memory, policy, stream, ctx, cfg.new_tokens, static_cache=cfg.static_cache)
+        run_method(bb, spec["method"], (memory, policy), stream, ctx, cfg)
         peaks[str(ctx)] = proc_status_mb("VmHWM") if resettable else rss_mb()
     how = ("cpu VmHWM per context (reset through /proc/self/clear_refs), subprocess per method; above the "
            "resident set after loading the model and building the memory" if resettable

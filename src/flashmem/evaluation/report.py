@@ -67,7 +67,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 # ---- the efficiency benchmark ------------------------------------------------------------------
-BENCH_METHODS = ("vanilla", "flashmem", "memgen")
+BENCH_METHODS = ("vanilla", "flashmem", "memgen", "transformers")  # table order; the last is the peer
 
 
 def bench_markdown(report: dict) -> str:
@@ -86,7 +86,8 @@ def bench_markdown(report: dict) -> str:
     s = report["settings"]
     m, c = s["machine"], s["config"]
     where = s.get("device_name") or f"{m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads"
-    text += (f"\n\n{s['model']} ({s['dtype']}) on {s['device']} ({where}); {c['new_tokens']} new tokens, "
+    text += (f"\n\n{s['model']} ({s['dtype']}) on {s['device']} ({where}); {s.get('decode_path', 'eager steps')}; "
+             f"{c['new_tokens']} new tokens, "
              f"{c['repeats']} repeats; prompt: {s['prompt_source']}. Schedules: "
              + "; ".join(f"{name}: {s['schedules'][name]}" for name in dict.fromkeys(r["schedule"] for r in results)))
     for note in s["notes"]:

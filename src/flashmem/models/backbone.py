@@ -17,7 +17,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -97,6 +97,7 @@ class Backbone:
         self.model_type = config.model_type
         self.max_positions = int(getattr(config, "max_position_embeddings", None) or 1 << 30)
         self.patch_depth = 0  # > 0 while `patched` has modules swapped in: forwards then differ from the plain model's
+        self._traceable = self._make_traceable()  # the same objects for the backbone's (and its proxies') life
 
     @property
     def device(self) -> torch.device:
@@ -156,6 +157,12 @@ class Backbone:
             filled = int(layer.cumulative_length) if filled is None else filled
             return layer.keys[:, :, :filled], layer.values[:, :, :filled]
         return layer.keys, layer.values
+
+    @staticmethod
+    def cache_capacity(cache: DynamicCache) -> int | None:
+        """Slots a preallocated cache holds (None: a growing cache)."""
+        sizes = {layer.max_cache_len for layer in cache.layers if isinstance(layer, StaticLayer)}
+        return sizes.pop() if len(sizes) == 1 and all(isinstance(layer, StaticLayer) for layer in cache.layers) else None
 
     @staticmethod
     def clone_cache(cache: DynamicCache) -> DynamicCache:
@@ -224,6 +231,65 @@ class Backbone:
             cos, sin = captured["position_embeddings"]
             query = _project_query(attn, captured["hidden_states"], cos, sin, self.head_dim)
         return StepOutput(logits=logits, hidden=hidden, query=query)
+
+    @contextmanager
+    def traceable_forward(self) -> Iterator[Callable[..., StepOutput]]:
+        """forward(embeds, cache, positions, mask) with the last layer's query, for torch.compile.
+
+        forward() registers its query hook and sets the CPU grouped-heads switch at every call, and
+        neither can be traced: here both are done once, around the caller's whole decoding, and the
+        function handed out only runs the model, so a compiled step holds it in one graph."""
+        step, hook = self._traceable
+        handle = self._decoder.layers[-1].self_attn.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with _grouped_heads_on_cpu(self.device):
+                yield step
+        finally:
+            handle.remove()
+
+    def _make_traceable(self) -> tuple[Callable[..., StepOutput], Callable]:
+        """The step and its query hook, made once: a compiled graph guards on the objects it reads (the
+        hook's store included), so they stay the same, and the store is emptied after each read, so every
+        step enters the graph with the same contents."""
+        captured: dict = {"hidden_states": None, "position_embeddings": None}
+        attn = self._decoder.layers[-1].self_attn
+
+        def step(embeds: torch.Tensor, cache, positions: torch.Tensor, mask: torch.Tensor) -> StepOutput:
+            out = self._decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                                use_cache=True)
+            hidden = out.last_hidden_state
+            normed, (cos, sin) = captured["hidden_states"], captured["position_embeddings"]
+            captured["hidden_states"] = captured["position_embeddings"] = None
+            return StepOutput(logits=self.model.lm_head(hidden[:, -1:]), hidden=hidden,
+                              query=_project_query(attn, normed, cos, sin, self.head_dim))
+        return step, _capture_attention_input(captured)
+
+    def library_generate(self, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int, compiled: bool,
+                         first_step: Callable[[], None]) -> torch.Tensor:
+        """transformers' own greedy `generate` of exactly new_tokens tokens (B, new_tokens) on its static cache,
+        compiled as transformers compiles it when `compiled` (its CompileConfig, allowed on the CPU too): the
+        decoding a user would pick instead of flashmem. first_step() runs when the prompt's forward is done
+        (at the first token's logits), so a caller can time the decoding apart from the prefill."""
+        from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
+
+        class FirstStep(LogitsProcessor):
+            def __init__(self):
+                self.seen = False
+
+            def __call__(self, input_ids, scores):
+                if not self.seen:
+                    self.seen = True
+                    first_step()
+                return scores
+        config = CompileConfig(fullgraph=True, dynamic=False) if compiled else None
+        if config is not None and self.device.type != "cuda":
+            config._compile_all_devices = True  # transformers compiles only on accelerators unless told so
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, do_sample=False, cache_implementation="static",
+                                  compile_config=config, disable_compile=not compiled,
+                                  logits_processor=LogitsProcessorList([FirstStep()]),
+                                  pad_token_id=self.pad_id())
+        return out[:, ids.shape[1]:]
 
     def forward_rows(self, embeds: torch.Tensor, cache: DynamicCache, positions: torch.Tensor, mask: torch.Tensor,
                      index: torch.Tensor) -> StepOutput | None:

@@ -21,7 +21,7 @@ import torch
 from ..config import MemoryConfig, ModelOptions, check, option
 from ..data.datasets import ON_ERROR, load_examples, split_validation
 from ..data.prompts import PROMPTS, system_prompt
-from ..data.recall import STREAM, RecallStream, is_recall_spec, parse_spec, spec_string
+from ..data.recall import RecallStream, is_recall_spec, parse_spec
 from ..errors import FlashmemError
 from ..memory.registry import METHOD_NAMES, build_memory, default_config, identity_mismatch
 from ..models.loader import load_backbone
@@ -38,7 +38,7 @@ THRESHOLD_EXAMPLES = 32  # training sequences whose entropies set tau before any
 # and was within 10% of the best (3e-1) on recall (RESULTS.md, "fair controls").
 MEMORY_LR, SOFTPROMPT_LR = 3e-4, 1e-1
 # Fields that may differ on resume because they do not change what is computed.
-FREE_ON_RESUME = {"resume", "minutes", "save_every", "eval_every", "out", "self_batch_size"}
+FREE_ON_RESUME = {"resume", "minutes", "stop_at", "save_every", "eval_every", "out", "self_batch_size"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +81,8 @@ class TrainConfig(ModelOptions):
     val_size: int = option(64, "held-out examples taken from the training data (0: none)")
     save_every: int = option(50, "checkpoint every N steps (0: only at the end)")
     minutes: float | None = option(None, "stop and save cleanly after M minutes of training")
+    stop_at: int | None = option(None, "stop and save cleanly after step N; the learning-rate schedule stays that of "
+                                 "--steps, so runs compared at equal steps share one schedule", metavar="N")
     prompt: str = option("plain", "system prompt the questions are asked with (plain: none; boxed: ask for "
                          "\\boxed{} final answers)", choices=tuple(PROMPTS))
     sft_weight: float = option(1.0, "weight of the answer's NLL with the memory (the paper's objective)")
@@ -95,6 +97,9 @@ class TrainConfig(ModelOptions):
     questions_per_document: int = option(1, "--stream: consecutive examples asking about one document's facts "
                                          "(1: its needle only); a --batch-size of the same number gives each step "
                                          "one document")
+    fit_documents: int | None = option(None, "--stream: cycle over the first N documents of recall's train split "
+                                       "instead of new ones: a check that the memory can carry these documents at "
+                                       "all (evaluate with --split train --limit N)", metavar="N")
     memory: MemoryConfig | None = option(None, "The memory and its insertion policy. Defaults are the method's own: "
                                          "MemGen uses the delimiter trigger, budget 3, gap 1.")
 
@@ -115,6 +120,7 @@ class TrainConfig(ModelOptions):
             (self.grad_clip > 0, f"--grad-clip must be > 0, got {self.grad_clip}"),
             (0 <= self.warmup < 1, f"--warmup must be in [0, 1), got {self.warmup}"),
             (self.minutes is None or self.minutes > 0, f"--minutes must be > 0, got {self.minutes}"),
+            (self.stop_at is None or self.stop_at >= 1, f"--stop-at must be >= 1, got {self.stop_at}"),
             (self.self_temperature >= 0, f"--self-temperature must be >= 0, got {self.self_temperature}"),
             (min(self.eval_every, self.val_size, self.save_every) >= 0,
              "--eval-every, --val-size and --save-every must be >= 0"),
@@ -127,6 +133,8 @@ class TrainConfig(ModelOptions):
              "--recon-tokens must be >= 1 and --recon-digit-weight > 0"),
             (not self.stream or (is_recall_spec(self.data.strip().lower()) and self.steps is not None),
              "--stream needs --data recall[:...] and --steps (the stream has no epochs)"),
+            (self.fit_documents is None or (self.stream and self.fit_documents >= 1),
+             f"--fit-documents needs --stream and N >= 1, got {self.fit_documents}"),
             (self.questions_per_document >= 1, f"--questions-per-document must be >= 1, got {self.questions_per_document}"),
         ], "training config")
 
@@ -252,9 +260,9 @@ def load_data(cfg: TrainConfig):
     """(train examples, validation examples, label of the source) from the training split, or, with --stream,
     from an endless stream of new recall documents and the validation split."""
     if cfg.stream:
-        stream = RecallStream(parse_spec(cfg.data.strip().lower()), cfg.questions_per_document)
+        stream = RecallStream(parse_spec(cfg.data.strip().lower()), cfg.questions_per_document, cfg.fit_documents)
         val_ex = load_examples(cfg.data, "validation", limit=cfg.val_size)[0] if cfg.val_size > 0 else []
-        return stream, val_ex, f"{spec_string(stream.spec)} ({STREAM})"
+        return stream, val_ex, stream.label
     examples, report = load_examples(cfg.data, "train", cfg.data_dir, cfg.question_field, cfg.answer_field,
                                      cfg.limit, cfg.on_bad_data)
     if report.skipped:

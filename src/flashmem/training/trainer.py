@@ -1,6 +1,6 @@
 """The training loop: accumulate one example at a time, sum gradients across processes, clip, step.
 
-Stops cleanly (checkpoint and memory saved) at the last step, at --minutes, and on SIGINT/SIGTERM;
+Stops cleanly (checkpoint and memory saved) at the last step, at --minutes or --stop-at, and on SIGINT/SIGTERM;
 the stop request is summed across processes with the gradients, so every process stops after the
 same step. A second Ctrl-C aborts at once.
 """
@@ -119,7 +119,8 @@ class Trainer:
             self.step_loss(part, answer_tokens, rebuilt).backward()
             sums += torch.tensor([_number(part.nll), _number(part.kl), _number(part.recon), part.recon_weight,
                                   part.insertions], dtype=torch.float64)
-        stop = self.stop_signal is not None or (deadline is not None and time.monotonic() > deadline)
+        stop = (self.stop_signal is not None or (deadline is not None and time.monotonic() > deadline)
+                or (self.cfg.stop_at is not None and self.step + 1 >= self.cfg.stop_at))
         self._reduce_grads()
         totals = torch.cat([sums, torch.tensor([float(stop)], dtype=torch.float64)]).to(self.bb.device)
         nll, kl, recon, recon_weight, insertions, stop = self._sum_across(totals).tolist()
@@ -247,7 +248,7 @@ class Trainer:
                 if self.val and self.cfg.eval_every:
                     start_record.update(self.validation_record())
                 self.log(start_record)
-            while self.step < self.total:
+            while self.step < min(self.total, self.cfg.stop_at or self.total):
                 t0 = time.monotonic()
                 lr = self.scheduler.get_last_lr()[0]
                 result = self.train_step(deadline)
@@ -295,6 +296,8 @@ class Trainer:
 
     def _summary(self, result: StepResult | None, tokens: int, elapsed: float) -> int:
         why = (f"stopped by {self.stop_signal}" if self.stop_signal else
+               "done" if self.step >= self.total else
+               "stopped at --stop-at" if self.cfg.stop_at and self.step >= self.cfg.stop_at else
                "stopped at --minutes" if result is not None and result.stop else "done")
         if self.main:
             loss = f"{result.loss:.4f}" if result is not None else "n/a"

@@ -1,0 +1,117 @@
+"""A decoding step of fixed shapes, compiled once (GenerationConfig.compile).
+
+The eager step (engine.decode_step) grows the mask by a column and the cache by a slot, so every
+step has new shapes and torch.compile would trace it again each time. Here the cache is
+preallocated (transformers' StaticCache, which keeps its fill on the device), the mask is a
+(B, T_max) buffer whose next column is set in place from a device-side slot index, and the forward,
+the last layer's query and the monitor's entropy over the static keys (future slots masked) are one
+graph whose shapes never change. Token choice, the trigger and consolidations stay eager: they are
+cheap or rare, and they see the usual growing mask because state.mask is kept as a view of the
+buffer's filled columns. An eager change (a consolidation's slots, a cut, MemGen's re-prefill) makes
+state.mask a new tensor; the next step copies it back into the buffer.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+
+from ..errors import FlashmemError
+from ..models.backbone import Backbone
+from .engine import DecodeState, append_tokens
+from .monitor import attention_entropy
+
+# A preallocated cache's size is rounded up to this many slots, so batches whose prompts differ by a
+# few tokens share one compiled graph instead of compiling again.
+SLOT_BUCKET = 256
+
+
+def bucketed(slots: int) -> int:
+    return -(-slots // SLOT_BUCKET) * SLOT_BUCKET
+
+
+def _step(forward: Callable, watch: bool, normalize: bool, last: int, scaling: float, capacity: int,
+          embeds, cache, positions, mask, sinks, slot):
+    """The graph: mark the new slot real, run the model on it, and the monitor's entropy of its query over
+    layer `last`'s keys. Arguments other than tensors are constants of the graph (a change compiles anew)."""
+    mask.index_fill_(1, slot, 1)
+    out = forward(embeds, cache, positions[:, None], mask)
+    entropy = None
+    if watch:
+        keys, _ = Backbone.cache_kv(cache, last, capacity)
+        entropy = attention_entropy(out.query, keys, mask.bool()[:, None, :], sinks, scaling, normalize)[:, 0]
+    return out.logits[:, -1], out.hidden[:, -1], entropy
+
+
+_GRAPHS: dict[str | None, Callable] = {}  # by compile mode; torch.compile keeps a graph per set of guards
+
+
+def _graph(device: torch.device) -> Callable:
+    # CUDA graphs replay fixed addresses and remove the launch overhead; the CPU has none to remove.
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    if mode not in _GRAPHS:
+        _GRAPHS[mode] = torch.compile(_step, fullgraph=True, dynamic=False, mode=mode)
+    return _GRAPHS[mode]
+
+
+class CompiledStep:
+    """step(state, token) -> entropy (B,) or None, as engine.decode_step, through one compiled graph."""
+
+    def __init__(self, bb: Backbone, state: DecodeState, watch: bool, forward: Callable):
+        capacity = bb.cache_capacity(state.cache)
+        if capacity is None:
+            raise FlashmemError("a compiled decoding step needs a preallocated cache (GenerationConfig.static_cache)")
+        self.bb, self.watch, self.capacity, self.forward = bb, watch, capacity, forward
+        self.normalize = state.normalize_entropy
+        self.graph = _graph(bb.device)
+        self.mask = self.sinks = self.slot = None
+        self.filled = -1  # columns of the buffer that state.mask shows; -1: not adopted yet
+
+    def __call__(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor | None:
+        if not self._shows_buffer(state):
+            self._adopt(state)
+        append_tokens(state, token[:, None])
+        embeds = self.bb.embed(token[:, None])
+        logits, hidden, entropy = self.graph(self.forward, self.watch, self.normalize, self.bb.n_layers - 1,
+                                             self.bb.scaling, self.capacity, embeds, state.cache, state.positions,
+                                             self.mask, self.sinks, self.slot)
+        self.filled += 1
+        self.slot += 1
+        state.mask, state.sinks = self.mask[:, :self.filled], self.sinks[:, :self.filled]
+        state.positions = state.positions + 1
+        state.next_positions = [p + 1 for p in state.next_positions]
+        state.logits, state.hidden = logits, hidden
+        if state.inputs is not None:
+            state.inputs.append(embeds)
+        return entropy
+
+    def _shows_buffer(self, state: DecodeState) -> bool:
+        return (self.filled >= 0 and state.mask.shape == (self.mask.shape[0], self.filled)
+                and state.mask.data_ptr() == self.mask.data_ptr() and state.sinks.data_ptr() == self.sinks.data_ptr())
+
+    def _adopt(self, state: DecodeState) -> None:
+        """Copy the state's mask and sinks into the buffers (the first step, or after an eager change). The
+        buffers are allocated once per batch size and then written in place: the graph keeps seeing them."""
+        b, t = state.mask.shape
+        if t >= self.capacity:
+            raise FlashmemError(f"the preallocated cache is full ({t} of {self.capacity} slots)")
+        if self.mask is None or self.mask.shape[0] != b:
+            device = state.mask.device
+            self.mask = torch.zeros(b, self.capacity, dtype=torch.long, device=device)
+            self.sinks = torch.zeros(b, self.capacity, dtype=torch.bool, device=device)
+            self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        mask, sinks = state.mask.clone(), state.sinks.clone()  # they may be views of the buffers themselves
+        self.mask.zero_()
+        self.sinks.zero_()
+        self.mask[:, :t], self.sinks[:, :t] = mask, sinks
+        self.slot.fill_(t)
+        self.filled = t
+        state.mask, state.sinks = self.mask[:, :t], self.sinks[:, :t]
+
+
+@contextmanager
+def compiled_step(bb: Backbone, state: DecodeState, watch: bool) -> Iterator[CompiledStep]:
+    """A CompiledStep for one decoding loop, with the backbone's traceable forward open around it."""
+    with bb.traceable_forward() as forward:
+        yield CompiledStep(bb, state, watch, forward)
