@@ -1,6 +1,13 @@
-"""`flashmem demo`: the main job. Train FlashMem, a MemGen-style memory and the soft-prompt control with
-the same budget, calibrate, evaluate all four methods on held-out questions, benchmark the cost, and
-write a report folder (report.md, plots, raw JSON).
+"""`flashmem demo`: the main job. On the generated recall task (offline, anywhere) it asks the question
+the project exists for: does a latent memory carry a document the cache no longer holds?
+
+It trains FlashMem (the paper's recipe, document in view), the tuned soft-prompt control and, for the
+cut, FlashMem made before the question from the document, which is then cut from the cache (only the
+attention sinks and the question's window remain); every memory trains for the same number of steps.
+It calibrates, evaluates on held-out questions (the plain model, each memory, FlashMem with another
+document's memory, and the cut: plain, and FlashMem's), benchmarks the cost, and writes a report
+folder whose first lines state the finding with its numbers (report.md, plots, raw JSON).
+`--data gsm8k` (or any set) runs the same job without the cut; `--memgen` adds the MemGen-style memory.
 
 Each stage calls a library job (`train`, `calibrate`, `evaluate`, `bench`) with its typed config; a
 finished stage is recorded in OUT/demo_state.json and every job resumes its own partial work, so an
@@ -17,19 +24,23 @@ from typing import Callable
 
 from ..config import ModelOptions, check, option
 from ..data.datasets import load_examples
+from ..data.recall import is_recall_spec, parse_spec
 from ..errors import FlashmemError
 from ..evaluation.bench import BenchConfig, bench
 from ..evaluation.evaluate import EvalConfig, evaluate
 from ..files import atomic_write_text
+from ..memory.registry import default_config
 from ..training.calibrate import CalibrateConfig, calibrate
 from ..training.train import MEMORY_LR, SOFTPROMPT_LR, TrainConfig, train
 from .commands import GenerateCommand, run_generate
-from .demo_report import write_report
+from .demo_report import CUT, write_report
 
-TRAINED = ("flashmem", "softprompt", "memgen")
-# The demo's data when --data cannot be read: short enough to train on a laptop CPU in minutes.
-FALLBACK_DATA = "recall:context=512,facts=16"
-EVALUATED = ("vanilla", "flashmem", "memgen", "softprompt")
+DEFAULT_DATA = "recall:context=128,facts=4"
+# The demo's data when --data cannot be read: the generated recall task runs anywhere, offline.
+FALLBACK_DATA = DEFAULT_DATA
+# The cut's recipe (results/eviction/run.sh): a new document every step asked 4 of its facts, the memory
+# made before the question; this rate is the one its runs use.
+CUT_LR = 1e-3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,28 +48,37 @@ class DemoConfig(ModelOptions):
     """Everything `flashmem demo` needs."""
 
     out: str = option("demo_out", "report folder")
-    minutes: float = option(20.0, "sizes training (each memory trains for a share of it); calibration, evaluation "
-                             "and the benchmark come on top (README: the whole demo's measured time)")
-    data: str = option("gsm8k", "training set (its train split)")
+    data: str = option(DEFAULT_DATA, "training set (its train split): recall[:...] (with the cut), gsm8k, ...")
     eval_data: str | None = option(None, "held-out set (default: --data, split test)")
     eval_split: str = option("test", "held-out split")
-    eval_limit: int = option(40, "held-out questions per method")
+    eval_limit: int = option(100, "held-out questions per method")
     mawps_limit: int = option(0, "also evaluate on MAWPS: N questions (-1: all)")
     data_dir: str | None = option(None, "folder of named datasets, NAME/SPLIT.jsonl (default $FLASHMEM_DATA_DIR, then the hub)")
-    steps: int | None = option(None, "training steps per method (default: from --minutes)")
-    step_seconds: float = option(10.0, "expected seconds per training step, used to size --steps from --minutes")
+    steps: int = option(100, "training steps of every memory (the same for all)")
     batch_size: int = option(4, "training examples per step")
-    lr: float = option(MEMORY_LR, "peak learning rate of FlashMem and MemGen")
+    lr: float = option(MEMORY_LR, "peak learning rate of FlashMem and MemGen (document in view)")
     softprompt_lr: float = option(SOFTPROMPT_LR, "peak learning rate of the soft-prompt control (see train.py)")
-    max_new_tokens: int = option(256, "tokens per evaluated answer")
+    cut_lr: float = option(CUT_LR, "peak learning rate of FlashMem through the cut")
+    prompt_window: int = option(26, "the cut: prompt tokens kept after the document is cut (the question); 26 holds "
+                                "the whole question and never the answer at 128-token documents with SmolLM2's "
+                                "chat template (results/recall/window_check.py)")
+    memgen: bool = option(False, "also train and evaluate the MemGen-style memory (slow: it re-reads the context)")
+    max_new_tokens: int | None = option(None, "tokens per evaluated answer (default 24 on recall, else 256)")
     calibrate_limit: int = option(32, "validation prompts for calibration")
     contexts: str = option("256,512,1024", "benchmark contexts")
     bf16: bool = option(False, "bf16 autocast for training")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check([(self.minutes > 0, f"--minutes must be > 0, got {self.minutes}"),
-               (self.eval_limit >= 1, f"--eval-limit must be >= 1, got {self.eval_limit}")], "demo config")
+        check([(self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+               (self.eval_limit >= 1, f"--eval-limit must be >= 1, got {self.eval_limit}"),
+               (self.prompt_window >= 1, f"--prompt-window must be >= 1, got {self.prompt_window}")], "demo config")
+
+    def new_tokens(self, data: str) -> int:
+        """Tokens per evaluated answer on `data`: a recall answer is one short sentence."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return 24 if has_cut(data) else 256
 
 
 class Demo:
@@ -114,7 +134,7 @@ def choose_data(demo: Demo) -> tuple[str, str, str]:
     except FlashmemError as err:
         note = (f"{cfg.data} could not be read ({err}); this demo uses the generated recall task instead "
                 f"({FALLBACK_DATA}: find one 4-digit code among key-value facts in filler text), so its numbers "
-                "are recall numbers, not GSM8K numbers")
+                f"are recall numbers, not {cfg.data} numbers")
         print(f"[demo] WARNING: {note}", file=sys.stderr)
         if note not in demo.notes:
             demo.notes.append(note)
@@ -122,39 +142,69 @@ def choose_data(demo: Demo) -> tuple[str, str, str]:
     return FALLBACK_DATA, FALLBACK_DATA, "test"
 
 
+def trained(demo: Demo, data: str) -> list[str]:
+    """The memories this demo trains: the cut's only on recall, MemGen only when asked for."""
+    return ["flashmem", "softprompt"] + (["memgen"] if demo.cfg.memgen else []) + ([CUT] if has_cut(data) else [])
+
+
+def has_cut(data: str) -> bool:
+    return is_recall_spec(data.strip().lower())
+
+
 def train_stages(demo: Demo, data: str) -> None:
     cfg = demo.cfg
-    per_method = 0.45 * cfg.minutes / len(TRAINED)
-    steps = cfg.steps or max(5, int(per_method * 60 / cfg.step_seconds))
-    for method in TRAINED:
-        out = demo.path("memories", method)
-        resume = Path(out, "checkpoint").exists() and f"train-{method}" not in demo.state["done"]
-        config = TrainConfig(**demo.model, data=data, data_dir=cfg.data_dir, method=method, out=out, steps=steps,
-                             minutes=round(per_method * 1.5, 2), batch_size=cfg.batch_size,
-                             lr=cfg.softprompt_lr if method == "softprompt" else cfg.lr, val_size=32,
-                             max_length=1024, on_bad_data="skip",
-                             eval_every=max(steps // 4, 1), save_every=max(steps // 8, 1), bf16=cfg.bf16, resume=resume)
-        demo.stage(f"train-{method}", lambda: train(config), config)
+    for name in trained(demo, data):
+        out = demo.path("memories", name)
+        resume = Path(out, "checkpoint").exists() and f"train-{name}" not in demo.state["done"]
+        common = dict(**demo.model, data=data, data_dir=cfg.data_dir, out=out, steps=cfg.steps, val_size=32,
+                      batch_size=cfg.batch_size, eval_every=max(cfg.steps // 4, 1), save_every=max(cfg.steps // 8, 1),
+                      bf16=cfg.bf16, resume=resume)
+        if name == CUT:
+            facts = parse_spec(data.strip().lower()).facts
+            memory = default_config("flashmem", prompt_window=cfg.prompt_window, query_agnostic=True,
+                                    trigger_memory=False)
+            config = TrainConfig(**common, method="flashmem", lr=cfg.cut_lr, stream=True, memory=memory,
+                                 questions_per_document=min(facts, cfg.batch_size), max_length=1024)
+        else:
+            config = TrainConfig(**common, method=name, lr=cfg.softprompt_lr if name == "softprompt" else cfg.lr,
+                                 max_length=1024, on_bad_data="skip")
+        demo.stage(f"train-{name}", lambda: train(config), config)
 
 
 def calibrate_stages(demo: Demo, data: str) -> None:
     for method in ("flashmem", "softprompt"):
         config = CalibrateConfig(**demo.model, data=data, data_dir=demo.cfg.data_dir,
                                  memory=demo.path("memories", method), val_size=32, limit=demo.cfg.calibrate_limit,
-                                 max_new_tokens=min(128, demo.cfg.max_new_tokens),
+                                 max_new_tokens=min(128, demo.cfg.new_tokens(data)),
                                  hist=demo.path("entropy_histogram.png") if method == "flashmem" else None)
         demo.stage(f"calibrate-{method}", lambda: calibrate(config), config)
 
 
-def eval_stages(demo: Demo, data: str, split: str, tag: str, limit: int) -> list[str]:
-    outs = []
-    for method in EVALUATED:
-        out = demo.path("eval", f"{tag}_{method}.json")
-        config = EvalConfig(**demo.model, data=data, split=split, data_dir=demo.cfg.data_dir, method=method, out=out,
-                            max_new_tokens=demo.cfg.max_new_tokens, limit=limit if limit > 0 else None,
-                            memory=None if method == "vanilla" else demo.path("memories", method))
-        demo.stage(f"eval-{tag}-{method}", lambda: evaluate(config), config)
-        outs.append(out)
+def eval_runs(demo: Demo, data: str) -> dict[str, dict]:
+    """{run name: EvalConfig fields} of the held-out runs: in view, then (recall) through the cut."""
+    window = demo.cfg.prompt_window
+    runs = {"vanilla": dict(method="vanilla"), "flashmem": dict(method="flashmem", memory="flashmem"),
+            "flashmem_foreign": dict(method="flashmem", memory="flashmem", ablate="foreign-context"),
+            "softprompt": dict(method="softprompt", memory="softprompt")}
+    if demo.cfg.memgen:
+        runs["memgen"] = dict(method="memgen", memory="memgen")
+    if has_cut(data):
+        runs.update({"vanilla_cut": dict(method="vanilla", prompt_window=window),
+                     CUT: dict(method="flashmem", memory=CUT),
+                     f"{CUT}_foreign": dict(method="flashmem", memory=CUT, ablate="foreign-context")})
+    return runs
+
+
+def eval_stages(demo: Demo, data: str, split: str, tag: str, limit: int) -> dict[str, str]:
+    outs = {}
+    for name, fields in eval_runs(demo, data).items():
+        out = demo.path("eval", f"{tag}_{name}.json")
+        if "memory" in fields:
+            fields = {**fields, "memory": demo.path("memories", fields["memory"])}
+        config = EvalConfig(**demo.model, data=data, split=split, data_dir=demo.cfg.data_dir, out=out,
+                            max_new_tokens=demo.cfg.new_tokens(data), limit=limit if limit > 0 else None, **fields)
+        demo.stage(f"eval-{tag}-{name}", lambda: evaluate(config), config)
+        outs[name] = out
     return outs
 
 
@@ -164,14 +214,17 @@ def trace_stage(demo: Demo, data: str, split: str) -> None:
         return
     question = load_examples(data, split, demo.cfg.data_dir, limit=1)[0][0].question
     config = GenerateCommand(**demo.model, prompt=question, memory=demo.path("memories", "flashmem"),
-                             max_new_tokens=demo.cfg.max_new_tokens, trace=demo.path("trace.json"),
+                             max_new_tokens=demo.cfg.new_tokens(data), trace=demo.path("trace.json"),
                              plot=demo.path("entropy_trace.png"))
     demo.stage("trace", lambda: run_generate(config), config)
 
 
 def bench_stage(demo: Demo) -> None:
+    """The cost of each method's decoding. Without a trained MemGen its cost is an untrained one's (the same
+    computation: speed does not depend on the weights)."""
+    memgen = demo.path("memories", "memgen") if demo.cfg.memgen else None
     config = BenchConfig(**demo.model, data_dir=demo.cfg.data_dir, memory=demo.path("memories", "flashmem"),
-                         memgen_memory=demo.path("memories", "memgen"), contexts=demo.cfg.contexts, new_tokens=64,
+                         memgen_memory=memgen, contexts=demo.cfg.contexts, new_tokens=64,
                          repeats=3, schedules="paper", out=demo.path("bench.json"),
                          plot=demo.path("latency_vs_context.png"))
     demo.stage("bench", lambda: bench(config), config)
