@@ -48,7 +48,7 @@ for stage in $STAGES; do
   if (( $(left) < 60 )); then echo "gpu_session: stage $stage skipped: the ${SESSION_BUDGET_S}s budget is spent"; continue; fi
   case $stage in
     checks)
-      timeout "${CHECKS_TIMEOUT_S:-100}" python3 "$HERE/gpu_checks.py" "$OUT/gpu_checks.json" > "$OUT/gpu_checks.log" 2>&1
+      timeout "${CHECKS_TIMEOUT_S:-160}" python3 "$HERE/gpu_checks.py" "$OUT/gpu_checks.json" > "$OUT/gpu_checks.log" 2>&1
       echo "gpu_session: gpu_checks exit $?" ;;
     profile)
       timeout "${PROFILE_TIMEOUT_S:-150}" python3 "$HERE/profile_step.py" --model random:qwen2.5-1.5b \

@@ -101,6 +101,9 @@ class CompiledStep:
             self.mask = torch.zeros(b, self.capacity, dtype=torch.long, device=device)
             self.sinks = torch.zeros(b, self.capacity, dtype=torch.bool, device=device)
             self.slot = torch.zeros(1, dtype=torch.long, device=device)
+            if device.type == "cuda":  # written in place between replays: CUDA graphs must keep their address
+                for buffer in (self.mask, self.sinks, self.slot):
+                    torch._dynamo.mark_static_address(buffer)
         mask, sinks = state.mask.clone(), state.sinks.clone()  # they may be views of the buffers themselves
         self.mask.zero_()
         self.sinks.zero_()
