@@ -47,9 +47,16 @@ def _step(forward: Callable, watch: bool, normalize: bool, last: int, scaling: f
 _GRAPHS: dict[str | None, Callable] = {}  # by compile mode; torch.compile keeps a graph per set of guards
 
 
+# Each batch size, cache size (bucket), dtype, model and monitor setting is a graph of its own; torch's
+# default of 8 per function would end an evaluation over many prompt lengths (fullgraph=True makes that an
+# error rather than a silent fall back to eager), so the step may keep this many.
+GRAPH_LIMIT = 64
+
+
 def _graph(device: torch.device) -> Callable:
     # CUDA graphs replay fixed addresses and remove the launch overhead; the CPU has none to remove.
     mode = "reduce-overhead" if device.type == "cuda" else None
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPH_LIMIT)
     if mode not in _GRAPHS:
         _GRAPHS[mode] = torch.compile(_step, fullgraph=True, dynamic=False, mode=mode)
     return _GRAPHS[mode]
@@ -73,9 +80,15 @@ class CompiledStep:
             self._adopt(state)
         append_tokens(state, token[:, None])
         embeds = self.bb.embed(token[:, None])
+        cuda = embeds.device.type == "cuda"
+        if cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last replay's outputs may be reused
         logits, hidden, entropy = self.graph(self.forward, self.watch, self.normalize, self.bb.n_layers - 1,
                                              self.bb.scaling, self.capacity, embeds, state.cache, state.positions,
                                              self.mask, self.sinks, self.slot)
+        if cuda:  # a CUDA graph writes every replay's outputs to the same memory; the log keeps them longer
+            logits, hidden = logits.clone(), hidden.clone()
+            entropy = entropy.clone() if entropy is not None else None
         self.filled += 1
         self.slot += 1
         state.mask, state.sinks = self.mask[:, :self.filled], self.sinks[:, :self.filled]
