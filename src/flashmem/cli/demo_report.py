@@ -12,6 +12,8 @@ from ..evaluation.report import (
     compare_runs,
     comparison_markdown,
     fmt,
+    fmt_ci,
+    fmt_diff,
     machine_info,
     markdown_table,
     results_table,
@@ -29,13 +31,7 @@ def _load(path: str | Path) -> dict:
 
 def _accuracy(summary: dict) -> str:
     a = summary["accuracy"]
-    return f"{100 * a['value']:.1f}% [{100 * a['lo']:.1f}, {100 * a['hi']:.1f}]"
-
-
-def _diff(d: dict | None, scale: float = 100.0, digits: int = 1) -> str:
-    if d is None:
-        return "-"
-    return f"{scale * d['mean_diff']:+.{digits}f} [{scale * d['lo']:+.{digits}f}, {scale * d['hi']:+.{digits}f}]"
+    return fmt_ci(a["value"], a["lo"], a["hi"], percent=True)
 
 
 def _above_zero(d: dict | None) -> bool:
@@ -58,8 +54,8 @@ def cut_finding(runs: dict[str, str], window: int) -> str:
     return (f"**Does the memory carry the document?** {verdict} With the document cut from the cache (only the "
             f"attention sinks and the question's last {window} tokens stay), FlashMem's memory made from it answers "
             f"{_accuracy(own)} of {own['n']} held-out questions, and one made from another document "
-            f"{_accuracy(foreign)}; own minus other: {_diff(accuracy)} points, answer NLL/token "
-            f"{_diff(nll, 1.0, 3)}. The plain model answers {_accuracy(whole)} with the whole document and "
+            f"{_accuracy(foreign)}; own minus other: {fmt_diff(accuracy, percent=True)} points, answer NLL/token "
+            f"{fmt_diff(nll)}. The plain model answers {_accuracy(whole)} with the whole document and "
             f"{_accuracy(cut)} through the cut.")
 
 
@@ -67,7 +63,7 @@ def in_view_finding(runs: dict[str, str]) -> str:
     plain, fm, soft = _load(runs["vanilla"]), _load(runs["flashmem"]), _load(runs["softprompt"])
     pair = compare_runs([runs["vanilla"], runs["flashmem"]])["pairs"][0]
     text = (f"**With the whole context in view**, FlashMem answers {_accuracy(fm)} against the plain model's "
-            f"{_accuracy(plain)} ({_diff(pair['accuracy_diff'])} points) and the tuned soft prompt's "
+            f"{_accuracy(plain)} ({fmt_diff(pair['accuracy_diff'], percent=True)} points) and the tuned soft prompt's "
             f"{_accuracy(soft)}")
     if "flashmem_foreign" in runs:
         text += f"; with a memory made from another question's context, {_accuracy(_load(runs['flashmem_foreign']))}"

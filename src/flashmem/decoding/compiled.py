@@ -56,8 +56,8 @@ GRAPH_LIMIT = 64
 def _graph(device: torch.device) -> Callable:
     # CUDA graphs replay fixed addresses and remove the launch overhead; the CPU has none to remove.
     mode = "reduce-overhead" if device.type == "cuda" else None
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPH_LIMIT)
     if mode not in _GRAPHS:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPH_LIMIT)
         _GRAPHS[mode] = torch.compile(_step, fullgraph=True, dynamic=False, mode=mode)
     return _GRAPHS[mode]
 

@@ -183,8 +183,8 @@ def comparison_markdown(comparison: dict) -> str:
     pairs = markdown_table(
         ["B - A", "n", "accuracy diff [95% CI]", "p", "n (NLL)", "NLL/token diff [95% CI]", "p",
          "NLL change B/A [95% CI]"],
-        [[f"{p['b']} - {p['a']}", p["n"], _diff_cell(p["accuracy_diff"], percent=True),
-          fmt(_get(p["accuracy_diff"], "p_value_two_sided")), p["n_nll"], _diff_cell(p["nll_diff"]),
+        [[f"{p['b']} - {p['a']}", p["n"], fmt_diff(p["accuracy_diff"], percent=True),
+          fmt(_get(p["accuracy_diff"], "p_value_two_sided")), p["n_nll"], fmt_diff(p["nll_diff"]),
           fmt(_get(p["nll_diff"], "p_value_two_sided")), _relative_cell(p.get("nll_relative"))]
          for p in comparison["pairs"]],
     )
@@ -284,7 +284,7 @@ def _relative_cell(r: dict | None) -> str:
     return f"{r['change'] * 100:+.1f}% [{r['lo'] * 100:+.1f}, {r['hi'] * 100:+.1f}]"
 
 
-def _diff_cell(d: dict | None, percent: bool = False) -> str:
+def fmt_diff(d: dict | None, percent: bool = False) -> str:
     if d is None:
         return "-"
     scale, digits = (100.0, 1) if percent else (1.0, 3)

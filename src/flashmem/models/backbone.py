@@ -97,7 +97,12 @@ class Backbone:
         self.model_type = config.model_type
         self.max_positions = int(getattr(config, "max_position_embeddings", None) or 1 << 30)
         self.patch_depth = 0  # > 0 while `patched` has modules swapped in: forwards then differ from the plain model's
-        self._traceable = self._make_traceable()  # the same objects for the backbone's (and its proxies') life
+        # The last attention layer's input, caught by one pre-hook: the monitor's query is projected from it.
+        # Hook, store and traceable step stay the same objects for the backbone's (and its proxies') life, so
+        # a graph compiled over them is reused (torch.compile guards on the objects it reads).
+        self._captured: dict = {"hidden_states": None, "position_embeddings": None}
+        self._query_hook = _capture_attention_input(self._captured)
+        self._traceable_step = self._make_traceable_step()
 
     @property
     def device(self) -> torch.device:
@@ -161,8 +166,8 @@ class Backbone:
     @staticmethod
     def cache_capacity(cache: DynamicCache) -> int | None:
         """Slots a preallocated cache holds (None: a growing cache)."""
-        sizes = {layer.max_cache_len for layer in cache.layers if isinstance(layer, StaticLayer)}
-        return sizes.pop() if len(sizes) == 1 and all(isinstance(layer, StaticLayer) for layer in cache.layers) else None
+        layers = cache.layers
+        return layers[0].max_cache_len if layers and all(isinstance(layer, StaticLayer) for layer in layers) else None
 
     @staticmethod
     def clone_cache(cache: DynamicCache) -> DynamicCache:
@@ -214,9 +219,8 @@ class Backbone:
         sees the normed input and the rotary tables that layer used), so the monitor needs no eager
         attention anywhere. The hook is removed on every exit path.
         """
-        captured: dict = {}
         attn = self._decoder.layers[-1].self_attn
-        handle = attn.register_forward_pre_hook(_capture_attention_input(captured), with_kwargs=True) if want_query else None
+        handle = attn.register_forward_pre_hook(self._query_hook, with_kwargs=True) if want_query else None
         try:
             with _grouped_heads_on_cpu(embeds.device):
                 out = self._decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
@@ -226,43 +230,36 @@ class Backbone:
                 handle.remove()
         hidden = out.last_hidden_state
         logits = self.model.lm_head(hidden if all_logits else hidden[:, -1:])
-        query = None
-        if want_query:
-            cos, sin = captured["position_embeddings"]
-            query = _project_query(attn, captured["hidden_states"], cos, sin, self.head_dim)
-        return StepOutput(logits=logits, hidden=hidden, query=query)
+        return StepOutput(logits=logits, hidden=hidden, query=self._captured_query() if want_query else None)
+
+    def _captured_query(self) -> torch.Tensor:
+        """The last layer's query (B, H, Q, D) from the input the hook caught; the store is emptied, so every
+        forward (and every compiled step) starts from the same contents."""
+        normed, (cos, sin) = self._captured["hidden_states"], self._captured["position_embeddings"]
+        self._captured["hidden_states"] = self._captured["position_embeddings"] = None
+        return _project_query(self._decoder.layers[-1].self_attn, normed, cos, sin, self.head_dim)
 
     @contextmanager
     def traceable_forward(self) -> Iterator[Callable[..., StepOutput]]:
         """forward(embeds, cache, positions, mask) with the last layer's query, for torch.compile.
 
-        forward() registers its query hook and sets the CPU grouped-heads switch at every call, and
+        forward() registers the query hook and sets the CPU grouped-heads switch at every call, and
         neither can be traced: here both are done once, around the caller's whole decoding, and the
         function handed out only runs the model, so a compiled step holds it in one graph."""
-        step, hook = self._traceable
-        handle = self._decoder.layers[-1].self_attn.register_forward_pre_hook(hook, with_kwargs=True)
+        handle = self._decoder.layers[-1].self_attn.register_forward_pre_hook(self._query_hook, with_kwargs=True)
         try:
             with _grouped_heads_on_cpu(self.device):
-                yield step
+                yield self._traceable_step
         finally:
             handle.remove()
 
-    def _make_traceable(self) -> tuple[Callable[..., StepOutput], Callable]:
-        """The step and its query hook, made once: a compiled graph guards on the objects it reads (the
-        hook's store included), so they stay the same, and the store is emptied after each read, so every
-        step enters the graph with the same contents."""
-        captured: dict = {"hidden_states": None, "position_embeddings": None}
-        attn = self._decoder.layers[-1].self_attn
-
+    def _make_traceable_step(self) -> Callable[..., StepOutput]:
         def step(embeds: torch.Tensor, cache, positions: torch.Tensor, mask: torch.Tensor) -> StepOutput:
             out = self._decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
                                 use_cache=True)
             hidden = out.last_hidden_state
-            normed, (cos, sin) = captured["hidden_states"], captured["position_embeddings"]
-            captured["hidden_states"] = captured["position_embeddings"] = None
-            return StepOutput(logits=self.model.lm_head(hidden[:, -1:]), hidden=hidden,
-                              query=_project_query(attn, normed, cos, sin, self.head_dim))
-        return step, _capture_attention_input(captured)
+            return StepOutput(logits=self.model.lm_head(hidden[:, -1:]), hidden=hidden, query=self._captured_query())
+        return step
 
     def library_generate(self, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int, compiled: bool,
                          first_step: Callable[[], None]) -> torch.Tensor:
