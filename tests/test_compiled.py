@@ -56,6 +56,42 @@ def test_flashmem_with_consolidations_is_the_same():
     same(eager, compiled)
 
 
+def test_consolidations_run_as_their_own_graph(monkeypatch):
+    """A consolidation for some rows only (the others' slots masked) through the second graph gives the eager
+    path's tokens and steps; the eager consolidate is never called, and the graph is compiled once."""
+    from flashmem.decoding import compiled as compiled_module
+    from flashmem.decoding import generation
+
+    bb = Backbone(tiny_model("llama"))
+    ids, mask = prompts(bb.vocab_size)
+    memory = firing_memory(bb, threshold=None, trigger="always", min_gap=3, budget=2)
+    forced = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(3))
+    eager = generate(bb, ids, mask, memory, GenerationConfig(max_new_tokens=9, compact=False), forced=forced)
+    calls = []
+    monkeypatch.setattr(generation, "consolidate", lambda *a, **k: calls.append(1))
+    injected = []
+    real = compiled_module.CompiledStep.consolidate
+    monkeypatch.setattr(compiled_module.CompiledStep, "consolidate",
+                        lambda self, *a: injected.append(a[3]) or real(self, *a))
+    torch._dynamo.utils.counters.clear()
+    compiled = generate(bb, ids, mask, memory, GenerationConfig(max_new_tokens=9, compact=False, compile=True),
+                        forced=forced)
+    assert [t.consolidations for t in eager.traces] == [[2, 5], [2, 5]] and calls == []
+    assert len(injected) == 2
+    same(eager, compiled)
+    assert torch.allclose(eager.logprobs, compiled.logprobs, atol=1e-4)
+    assert graph_breaks() == 0
+
+
+def test_a_consolidation_for_one_row_of_two_is_the_same():
+    bb = Backbone(tiny_model("qwen3"))
+    ids, mask = prompts(bb.vocab_size)
+    eager, compiled = eager_and_compiled(bb, ids, mask, firing_memory(bb, threshold=2.3), tokens=12)
+    fired = [t.consolidations for t in eager.traces]
+    assert any(set(a) != set(b) for a, b in zip(fired, fired[1:]))  # some consolidation for one row alone
+    same(eager, compiled)
+
+
 def test_the_cut_and_forced_answers_are_the_same():
     bb = Backbone(tiny_model("llama"))
     ids, mask = prompts(bb.vocab_size)

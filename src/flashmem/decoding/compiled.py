@@ -5,10 +5,13 @@ step has new shapes and torch.compile would trace it again each time. Here the c
 preallocated (transformers' StaticCache, which keeps its fill on the device), the mask is a
 (B, T_max) buffer whose next column is set in place from a device-side slot index, and the forward,
 the last layer's query and the monitor's entropy over the static keys (future slots masked) are one
-graph whose shapes never change. Token choice, the trigger and consolidations stay eager: they are
-cheap or rare, and they see the usual growing mask because state.mask is kept as a view of the
-buffer's filled columns. An eager change (a consolidation's slots, a cut, MemGen's re-prefill) makes
-state.mask a new tensor; the next step copies it back into the buffer.
+graph whose shapes never change. A consolidation is a second graph of fixed shape: the memory reads
+the whole preallocated cache under the mask buffer, and its latents are written into the next K slots
+for the rows that fire (the others get masked slots, as in the eager path). Token choice and the
+trigger stay eager (a few small operations, read back once a step), and they see the usual growing
+mask because state.mask is kept as a view of the buffer's filled columns. An eager change (the prompt
+end's memory, a cut, MemGen's re-prefill and insertions: its weaver re-reads the growing token ids)
+makes state.mask a new tensor; the next step copies it back into the buffer.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..errors import FlashmemError
+from ..memory.base import LatentMemory, MemoryContext
 from ..models.backbone import Backbone
 from .engine import DecodeState, append_tokens
 from .monitor import attention_entropy
@@ -44,7 +48,21 @@ def _step(forward: Callable, watch: bool, normalize: bool, last: int, scaling: f
     return out.logits[:, -1], out.hidden[:, -1], entropy
 
 
-_GRAPHS: dict[str | None, Callable] = {}  # by compile mode; torch.compile keeps a graph per set of guards
+def _inject(memory: LatentMemory, forward: Callable, k: int, cache, positions, mask, slot, pick, hidden, logits,
+            made, no_ids):
+    """The second graph: latents from the whole cache (future slots masked), written into slots
+    [slot, slot + K) for the rows in pick (B,) bool; the picked rows' next logits and hidden state follow them."""
+    ctx = MemoryContext(memory.backbone, cache, mask, positions, hidden, no_ids, no_ids, index=made)
+    latents = memory(ctx)  # (B, K, d)
+    offsets = torch.arange(k, device=slot.device)
+    mask.index_copy_(1, slot + offsets, pick.long()[:, None].expand(-1, k).contiguous())
+    out = forward(latents, cache, positions[:, None] + offsets[None, :], mask)
+    return (latents, torch.where(pick[:, None], out.logits[:, -1], logits),
+            torch.where(pick[:, None], out.hidden[:, -1], hidden))
+
+
+# By (function, compile mode); torch.compile keeps a graph per set of guards.
+_GRAPHS: dict[tuple[Callable, str | None], Callable] = {}
 
 
 # Each batch size, cache size (bucket), dtype, model and monitor setting is a graph of its own; torch's
@@ -53,13 +71,18 @@ _GRAPHS: dict[str | None, Callable] = {}  # by compile mode; torch.compile keeps
 GRAPH_LIMIT = 64
 
 
-def _graph(device: torch.device) -> Callable:
+def _graph(fn: Callable, device: torch.device) -> Callable:
     # CUDA graphs replay fixed addresses and remove the launch overhead; the CPU has none to remove.
     mode = "reduce-overhead" if device.type == "cuda" else None
-    if mode not in _GRAPHS:
+    if (fn, mode) not in _GRAPHS:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, GRAPH_LIMIT)
-        _GRAPHS[mode] = torch.compile(_step, fullgraph=True, dynamic=False, mode=mode)
-    return _GRAPHS[mode]
+        _GRAPHS[fn, mode] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+    return _GRAPHS[fn, mode]
+
+
+def compiles(memory: LatentMemory | None) -> bool:
+    """Whether `memory`'s consolidations can run as a compiled graph (else they run eagerly)."""
+    return memory is not None and memory.traceable and not memory.writes_backbone
 
 
 class CompiledStep:
@@ -71,7 +94,7 @@ class CompiledStep:
             raise FlashmemError("a compiled decoding step needs a preallocated cache (GenerationConfig.static_cache)")
         self.bb, self.watch, self.capacity, self.forward = bb, watch, capacity, forward
         self.normalize = state.normalize_entropy
-        self.graph = _graph(bb.device)
+        self.graph = _graph(_step, bb.device)
         self.mask = self.sinks = self.slot = None
         self.filled = -1  # columns of the buffer that state.mask shows; -1: not adopted yet
 
@@ -89,15 +112,44 @@ class CompiledStep:
         if cuda:  # a CUDA graph writes every replay's outputs to the same memory; the log keeps them longer
             logits, hidden = logits.clone(), hidden.clone()
             entropy = entropy.clone() if entropy is not None else None
-        self.filled += 1
-        self.slot += 1
-        state.mask, state.sinks = self.mask[:, :self.filled], self.sinks[:, :self.filled]
+        self._advance(state, 1)
         state.positions = state.positions + 1
         state.next_positions = [p + 1 for p in state.next_positions]
         state.logits, state.hidden = logits, hidden
         if state.inputs is not None:
             state.inputs.append(embeds)
         return entropy
+
+    def consolidate(self, bb: Backbone, memory: LatentMemory, state: DecodeState, rows: list[bool],
+                    pick: torch.Tensor) -> torch.Tensor:
+        """engine.consolidate (same arguments, same result) as one compiled graph; needs compiles(memory).
+        Every row's latents are computed, the picked rows' written: a fixed shape costs the others' share."""
+        if not self._shows_buffer(state):
+            self._adopt(state)
+        k = memory.config.num_latents
+        if self.filled + k >= self.capacity:
+            raise FlashmemError(f"the preallocated cache is full ({self.filled} + {k} of {self.capacity} slots)")
+        graph = _graph(_inject, bb.device)
+        if bb.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        latents, logits, hidden = graph(memory, self.forward, k, state.cache, state.positions, self.mask, self.slot,
+                                        pick, state.hidden, state.logits, state.made, state.ids[:, :0])
+        if bb.device.type == "cuda":
+            latents, logits, hidden = latents.clone(), logits.clone(), hidden.clone()
+        self._advance(state, k)
+        state.positions = state.positions + k * pick.long()
+        state.next_positions = [p + k * r for p, r in zip(state.next_positions, rows)]
+        state.logits, state.hidden = logits, hidden
+        state.made = state.made + pick.long()
+        if state.inputs is not None:
+            state.inputs.append(latents)
+        return latents
+
+    def _advance(self, state: DecodeState, n: int) -> None:
+        """n more buffer columns are filled; state.mask and state.sinks show them."""
+        self.filled += n
+        self.slot += n
+        state.mask, state.sinks = self.mask[:, :self.filled], self.sinks[:, :self.filled]
 
     def _shows_buffer(self, state: DecodeState) -> bool:
         return (self.filled >= 0 and state.mask.shape == (self.mask.shape[0], self.filled)

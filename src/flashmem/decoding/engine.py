@@ -13,7 +13,7 @@ import hashlib
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -275,12 +275,14 @@ def cut_prompt(bb: Backbone, state: DecodeState, tail: torch.Tensor, latents: to
 
 
 def maybe_consolidate(bb: Backbone, memory: LatentMemory, state: DecodeState, trigger: Trigger,
-                      policy: MemoryConfig, rows: list[bool], step: int) -> torch.Tensor | None:
-    """Consolidate for the rows the trigger picked after answer step `step`, if the context has room."""
+                      policy: MemoryConfig, rows: list[bool], step: int,
+                      inject: Callable = consolidate) -> torch.Tensor | None:
+    """Consolidate for the rows the trigger picked after answer step `step`, if the context has room.
+    inject: consolidate, or a compiled one with its arguments (CompiledStep.consolidate)."""
     if not any(rows) or not room_for(bb, state, policy.num_latents + 1):
         return None
     pick = torch.tensor(rows, device=state.mask.device)
-    latents = consolidate(bb, memory, state, rows, pick)
+    latents = inject(bb, memory, state, rows, pick)
     if policy.reprefill:  # MemGen's code re-encodes the reasoner's whole sequence after an insertion
         reprefill(bb, state, rows)
     trigger.record(pick, step)

@@ -19,8 +19,17 @@ import torch
 from ..config import GenerationConfig, MemoryConfig
 from ..memory.base import LatentMemory
 from ..models.backbone import Backbone
-from .compiled import CompiledStep, bucketed, compiled_step
-from .engine import DecodeState, decode_step, maybe_consolidate, prefill, prompt_memory, room_for, select_rows
+from .compiled import CompiledStep, bucketed, compiled_step, compiles
+from .engine import (
+    DecodeState,
+    consolidate,
+    decode_step,
+    maybe_consolidate,
+    prefill,
+    prompt_memory,
+    room_for,
+    select_rows,
+)
 from .trigger import Trigger
 
 DEFAULT_SINKS = 4  # the monitor's sinks when there is no memory config to read them from
@@ -151,6 +160,7 @@ def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, 
     finished = torch.zeros(state.mask.shape[0], dtype=torch.bool, device=state.mask.device)
     steps = forced.shape[1] if forced is not None else gen.max_new_tokens
     pad = bb.pad_id()
+    inject = compiled.consolidate if compiled is not None and compiles(memory) else consolidate
     for step in range(steps):
         token, finished = _pick(state, gen, rng, forced, step, finished, pad, eos, log)
         if step == steps - 1 or not room_for(bb, state, 1):
@@ -164,7 +174,7 @@ def _decode(bb: Backbone, state: DecodeState, memory, policy, trigger: Trigger, 
             break  # this step's forward was not needed; like a break before it, it leaves no trace
         if entropy is not None:
             log.entropy.append((log.origin, entropy))
-        latents = maybe_consolidate(bb, memory, state, trigger, policy, rows, step) if any(rows) else None
+        latents = maybe_consolidate(bb, memory, state, trigger, policy, rows, step, inject) if any(rows) else None
         if latents is not None:
             log.fired.append((step, [log.origin[r] for r, fired in enumerate(rows) if fired]))
             if log.keep:

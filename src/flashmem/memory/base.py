@@ -61,6 +61,9 @@ class LatentMemory(nn.Module):
     method: ClassVar[str]  # the registry name
     defaults: ClassVar[dict] = {}  # MemoryConfig fields that make the method's own insertion policy
     reads_context: ClassVar[bool] = True  # False: the latents cannot depend on the context
+    # True: forward reads only the cache, mask, positions and hidden state (never the token ids) with
+    # fixed shapes, so a compiled decoding loop can run it inside a graph (decoding/compiled.py)
+    traceable: ClassVar[bool] = True
 
     def __init__(self, backbone: Backbone, config: MemoryConfig):
         super().__init__()

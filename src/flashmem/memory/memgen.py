@@ -41,6 +41,7 @@ class MemGenWeaver(LatentMemory):
 
     method = "memgen"
     defaults = MEMGEN_DEFAULTS
+    traceable = False  # it re-reads the token ids, whose length grows every step
 
     def __init__(self, backbone: Backbone, config: MemoryConfig):
         super().__init__(backbone, config)
