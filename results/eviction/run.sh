@@ -2,7 +2,7 @@
 # Issue 32 (a memory that survives eviction) on SmolLM2-135M, this 2-core CPU, one torch thread a job.
 # Resumable: rerun the same stage; finished points/steps are kept.
 #   bash results/eviction/run.sh capacity-128|capacity-128-norm|capacity-512
-#   bash results/eviction/run.sh train-RUN | eval-RUN | eval-nll-RUN | eval-fit-RUN | eval-plain-128 | presses-c512-k8
+#   bash results/eviction/run.sh train-RUN | eval-RUN | eval-nll-RUN | eval-fit-RUN | eval-plain-128[f1] | presses-c512-k8
 # Training runs are compared at equal steps: each stops at step STOP (default 500) of its 2,000-step schedule
 # (--stop-at), and STOP=N resumes it further on the same schedule; evaluations name the step (RUN_sSTEP; the
 # records without a step are qa128_mix's at step 453, stopped by the end of session 16).
@@ -25,8 +25,20 @@ train() {  # train NAME [flags]: a memory in $E/memories/NAME, resumed when its 
 CUT128=(--data recall:context=128,facts=4 --stream --questions-per-document 4 --batch-size 4
         --prompt-window $W128 --no-trigger-memory --val-size 64 --eval-every 100 --save-every 25 --max-length 400)
 STREAM128=("${CUT128[@]}" --query-agnostic --stop-at ${STOP:-500})
-EVAL128=(--threads 1 --data recall:context=128,facts=4 --split test --limit ${LIMIT:-200} --batch-size 8
-         --max-new-tokens 24 --no-nll)
+# One fact a document: the same cut (the 26-token window holds every question and never the value:
+# eval/c128f1/window_check.json, 500 items a split), 4 documents a step.
+ONE128=(--data recall:context=128,facts=1 --stream --questions-per-document 1 --batch-size 4 --prompt-window $W128
+        --no-trigger-memory --val-size 64 --eval-every 100 --save-every 25 --max-length 400 --query-agnostic
+        --stop-at ${STOP:-500})
+# A memory is evaluated on the setting it was trained on (its train_config.json), in eval/c128 for 4 facts at 128
+# tokens and eval/cCONTEXTfFACTS otherwise.
+setting() {  # setting RUN: sets DATA and OUT
+  DATA=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' $E/memories/$1/train_config.json)
+  OUT=$(python3 -c 'import sys; kv = dict(p.split("=") for p in sys.argv[1].split(":")[1].split(","))
+print("c128" if kv == {"context": "128", "facts": "4"} else "c%sf%s" % (kv["context"], kv["facts"]))' "$DATA")
+  OUT=$E/eval/$OUT; mkdir -p $OUT
+}
+EVAL128=(--threads 1 --split test --limit ${LIMIT:-200} --batch-size 8 --max-new-tokens 24 --no-nll)
 case "$1" in
   train-qa128-mix)  # flashmem's consolidator (K=8, L=1), answer NLL + KL to the full view (0.5) + reconstruction
     # of the evicted document (digits x4)
@@ -43,23 +55,41 @@ case "$1" in
   train-fit128-sft)  # the limit check: the same recipe as qa128_sft on 8 documents repeated (--fit-documents), one a
     # step, each asked its 4 facts: can the consolidator carry these documents through the cut at all?
     train fit128_sft "${STREAM128[@]}" --fit-documents 8 --method flashmem --lr 1e-3 --steps 2000 ;;
-  eval-fit-*)  # eval-fit-RUN: a fit check's memory on its own 8 training documents (their needles), own memory
-    # and another of the 8 documents', answers and their likelihood
-    run=${1#eval-fit-}; at=${run}_s${STOP:-500}
-    $FM eval --threads 1 --data recall:context=128,facts=4 --split train --limit 8 --batch-size 8 --max-new-tokens 24 \
+  train-fit128x64-sft)  # the limit check at 64 documents: where memorising gives way to a general copy, if it does
+    train fit128x64_sft "${STREAM128[@]}" --fit-documents 64 --method flashmem --lr 1e-3 --steps 2000 ;;
+  train-one128-sft)  # the floor of the task: one fact a document (no key to bind, 4 digits to copy), 4 documents a
+    # step, the paper's objective; if this carries nothing, the consolidator cannot learn to copy at all here
+    train one128_sft "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 ;;
+  train-one128-soft)  # one128_sft with the soft-token readout (--readout soft-token): each latent the frozen LM
+    # head's expected token embedding plus the projection, so a copied digit is a token the model already reads
+    train one128_soft "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token ;;
+  train-aware128-soft)  # aware128_sft with the soft-token readout
+    train aware128_soft "${CUT128[@]}" --stop-at ${STOP:-500} --method flashmem --lr 1e-3 --steps 2000 \
+      --readout soft-token ;;
+  train-qa128-soft)  # qa128_sft (4 facts, query-agnostic) with the soft-token readout
+    train qa128_soft "${STREAM128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token ;;
+  eval-fit-*)  # eval-fit-RUN: a fit check's memory on its own N training documents (their needles; N its
+    # --fit-documents), own memory and another of the N documents', answers and their likelihood
+    run=${1#eval-fit-}; at=${run}_s${STOP:-500}; setting $run
+    n=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fit_documents"])' $E/memories/$run/train_config.json)
+    $FM eval --threads 1 --data $DATA --split train --limit $n --batch-size 8 --max-new-tokens 24 \
       --method flashmem --memory $E/memories/$run \
-      --out $E/eval/c128/fit_$at.json --also "--ablate foreign-context --out $E/eval/c128/fit_${at}_foreign-context.json" ;;
+      --out $OUT/fit_$at.json --also "--ablate foreign-context --out $OUT/fit_${at}_foreign-context.json" ;;
   eval-plain-128)  # the plain model through the cut (floor) and with the whole document (ceiling)
-    $FM eval "${EVAL128[@]}" --method vanilla --prompt-window $W128 --out $E/eval/c128/vanilla_cut.json \
-      --also "--prompt-window 0 --out $E/eval/c128/vanilla_whole.json" ;;
+    $FM eval "${EVAL128[@]}" --data recall:context=128,facts=4 --method vanilla --prompt-window $W128 \
+      --out $E/eval/c128/vanilla_cut.json --also "--prompt-window 0 --out $E/eval/c128/vanilla_whole.json" ;;
+  eval-plain-128f1)  # the same for one fact a document
+    mkdir -p $E/eval/c128f1
+    $FM eval "${EVAL128[@]}" --data recall:context=128,facts=1 --method vanilla --prompt-window $W128 \
+      --out $E/eval/c128f1/vanilla_cut.json --also "--prompt-window 0 --out $E/eval/c128f1/vanilla_whole.json" ;;
   eval-nll-*)  # eval-nll-RUN: the answers' likelihood through the cut, own memory and another document's, paired
-    run=${1#eval-nll-}; at=${run}_s${STOP:-500}
-    $FM eval "${EVAL128[@]/--no-nll/--nll-only}" --method flashmem --memory $E/memories/$run \
-      --out $E/eval/c128/nll_$at.json --also "--ablate foreign-context --out $E/eval/c128/nll_${at}_foreign-context.json" ;;
-  eval-*)  # eval-RUN: a trained memory on 128-token documents through the cut, with its foreign-context ablation
-    run=${1#eval-}; at=${run}_s${STOP:-500}
-    $FM eval "${EVAL128[@]}" --method flashmem --memory $E/memories/$run --out $E/eval/c128/$at.json \
-      --also "--ablate foreign-context --out $E/eval/c128/${at}_foreign-context.json" ;;
+    run=${1#eval-nll-}; at=${run}_s${STOP:-500}; setting $run
+    $FM eval "${EVAL128[@]/--no-nll/--nll-only}" --data $DATA --method flashmem --memory $E/memories/$run \
+      --out $OUT/nll_$at.json --also "--ablate foreign-context --out $OUT/nll_${at}_foreign-context.json" ;;
+  eval-*)  # eval-RUN: a trained memory through the cut on its own setting, with its foreign-context ablation
+    run=${1#eval-}; at=${run}_s${STOP:-500}; setting $run
+    $FM eval "${EVAL128[@]}" --data $DATA --method flashmem --memory $E/memories/$run --out $OUT/$at.json \
+      --also "--ablate foreign-context --out $OUT/${at}_foreign-context.json" ;;
   capacity-128)  # 4 facts in ~130-token documents: every K on both paths, two documents
     $PY benchmarks/capacity.py --setting context=128,facts=4 --docs 2 --ks 0,1,2,4,8,16,32 --paths kv,embed \
       --steps 300 --check-every 50 --out $E/capacity_c128_f4.jsonl --threads 1 ;;

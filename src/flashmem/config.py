@@ -20,6 +20,7 @@ CONFIG_NAME = "memory_config.json"
 TRIGGERS = ("monitor", "delimiter", "always")
 ENTROPIES = ("raw", "normalized")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+READOUTS = ("linear", "soft-token")
 
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, choices=None,
@@ -67,6 +68,11 @@ class MemoryConfig:
                                "projections, on only while the latents are written into the cache, so the memory "
                                "writes every layer's entries rather than one input vector each (0: off, the paper's "
                                "design; alpha is twice the rank)")
+    readout: str = option("linear", "how the consolidator turns its output into a latent: linear (the paper's: a "
+                          "learned projection) or soft-token (flashmem's own extension: the frozen LM head's "
+                          "distribution over tokens, as the expected token embedding, plus the projection; a "
+                          "latent then restates tokens the frozen model already knows how to read)",
+                          choices=READOUTS)
     lora_r: int = option(16, "MemGen weaver LoRA rank")
     lora_alpha: int = option(32, "MemGen weaver LoRA alpha")
     reprefill: bool = option(False, "MemGen: re-prefill the reasoner's whole cache after each insertion, as its code does")
@@ -87,6 +93,7 @@ class MemoryConfig:
             (self.min_gap >= 1, f"min_gap must be >= 1, got {self.min_gap}"),
             (self.trigger in TRIGGERS, f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}"),
             (self.entropy in ENTROPIES, f"entropy must be raw or normalized, got {self.entropy!r}"),
+            (self.readout in READOUTS, f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}"),
             (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}"),
             (self.write_lora_r >= 0, f"write_lora_r must be >= 0, got {self.write_lora_r}"),
             (self.prompt_window >= 0, f"prompt_window must be >= 0, got {self.prompt_window}"),

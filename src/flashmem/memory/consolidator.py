@@ -99,5 +99,20 @@ class Consolidator(LatentMemory):
                 attended = shared_kv_attention(query, keys, values, visible, torch.cat(lat_k, 2),
                                                torch.cat(lat_v, 2), bb.scaling)
                 x = bb.finish_layer(layer, x, attended)
-            latents.append(self.out_proj(self.out_norm(x)))
+            latents.append(self.read_out(x))
+        if self.config.readout == "soft-token":  # the anchor would blur the token each latent names
+            return self.to_embedding_scale(torch.cat(latents, dim=1))
         return self.emit(torch.cat(latents, dim=1), x.shape[0])  # (B, K, d)
+
+    def read_out(self, x: torch.Tensor) -> torch.Tensor:
+        """One latent from the layer's output x (B, 1, d): the learned projection, plus with the soft-token
+        readout the expected embedding under the frozen LM head. The layer is a copy of the last one, whose
+        output the LM head already reads as a next-token distribution, so copying a token seen in the cache
+        (an induction head's work) is the untrained layer's habit rather than a map to learn from scratch."""
+        normed = self.out_norm(x)
+        latent = self.out_proj(normed)
+        if self.config.readout == "soft-token":
+            bb = self.backbone
+            probs = torch.softmax(bb.logits(normed).float(), dim=-1).to(normed.dtype)
+            latent = latent + probs @ bb.embedding_matrix()
+        return latent

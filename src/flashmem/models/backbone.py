@@ -123,6 +123,10 @@ class Backbone:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self._decoder.embed_tokens(ids)
 
+    def embedding_matrix(self) -> torch.Tensor:
+        """The token embeddings (V, d), frozen."""
+        return self._decoder.embed_tokens.weight
+
     def embedding_norm(self) -> float:
         """Mean L2 norm of the token embeddings: the scale latents are put on."""
         return float(self._decoder.embed_tokens.weight.detach().float().norm(dim=-1).mean())
