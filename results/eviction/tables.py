@@ -104,14 +104,19 @@ def evaluation_table(folder: Path) -> str:
              "other - own NLL [95% CI] |", "|---|---|---|---|---|---|---|"]
     for own in sorted(folder.glob("*.json")):
         name = own.stem
-        if name.startswith(("compare", "nll_", "vanilla", "press")) or name.endswith("foreign-context"):
+        if name.startswith(("compare", "nll_", "vanilla", "press", "window")) or name.endswith("foreign-context"):
             continue
         foreign = folder / f"{name}_foreign-context.json"
         fit = name.startswith("fit_")
         nll_own = _summary(own) if fit else _summary(folder / f"nll_{name}.json")
         nll_foreign = _summary(foreign) if fit else _summary(folder / f"nll_{name}_foreign-context.json")
-        lines.append(f"| {name} | {'train 1-8' if fit else 'test'} | {_acc(_summary(own))} | {_acc(_summary(foreign))} | "
+        items = f"train 1-{_summary(own)['accuracy']['n']}" if fit else "test"
+        lines.append(f"| {name} | {items} | {_acc(_summary(own))} | {_acc(_summary(foreign))} | "
                      f"{_nll(nll_own)} | {_nll(nll_foreign)} | {_pair(folder / f'compare_nll_{name}.json')} |")
+    plain = [(label, _summary(folder / f"vanilla_{cut}.json")) for label, cut in
+             (("the plain model through the cut", "cut"), ("with the whole document", "whole"))]
+    if any(summary for _, summary in plain):
+        lines += ["", "; ".join(f"{label}: {_acc(summary)}" for label, summary in plain)]
     return "\n".join(lines) + "\n"
 
 
@@ -123,8 +128,10 @@ def main() -> None:
     print("## Training runs\n")
     for folder in sorted((HERE / "memories").glob("*")) if (HERE / "memories").exists() else []:
         print(training_table(folder))
-    print("## Evaluations through the cut, 128-token documents (eval/c128)\n")
-    print(evaluation_table(HERE / "eval" / "c128"))
+    for folder in sorted((HERE / "eval").glob("c128*")):
+        setting = "4 facts" if folder.name == "c128" else f"{folder.name.split('f')[-1]} fact(s)"
+        print(f"## Evaluations through the cut, 128-token documents, {setting} (eval/{folder.name})\n")
+        print(evaluation_table(folder))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,30 @@ train() {  # train NAME METHOD LR [extra flags]; the finished weights rounded to
 # records were made at batch 16.
 DECODE=(--split test --max-new-tokens 512 --batch-size 48 --no-nll)  # every evaluation, GSM8K and MAWPS
 EVAL=(--data gsm8k "${DECODE[@]}")
+# The paper's recipe (issue 35), as MemGen trains and the FlashMem paper follows it: MemGen's prompt (its
+# instruction and question frame, --prompt memgen) and its SFT targets (GSM8K's rationales with the calculator
+# marks, then \boxed{answer}: --targets memgen); the same 864 training rows, 100 steps of 4 and K=8 as above.
+PAPER=(--model qwen2.5-coder-0.5b --threads $THREADS --prompt memgen --data gsm8k --limit 864 --targets memgen
+       --max-length 768 --on-bad-data skip --steps 100 --batch-size 4 --eval-every 25 --save-every 5 --seed 0)
+paper() {  # paper NAME METHOD LR [extra flags]
+  local d=$R/memories/$1; shift
+  done_ "$d" || flashmem train "${PAPER[@]}" --method "$1" --lr "$2" --out "$d" "${@:3}" $(resume "$d")
+  python3 results/to_bf16.py "$d"
+}
 case "$1" in
+  paper-flashmem)   paper paper_flashmem flashmem 3e-4 ;;
+  paper-softprompt) paper paper_softprompt softprompt "$(python3 results/best_lr.py $R/memories)" ;;  # its tuned rate
+  paper-memgen)     paper paper_memgen memgen 3e-4 --budget 2 ;;
+  eval-paper)  # the first 500 test questions with MemGen's prompt: the plain model (the first of issue 35's two
+    # plain baselines; the other is gsm8k_vanilla, the boxed prompt) and every trained paper-recipe memory
+    M=$R/memories; E=$R/eval; ALSO=()
+    for pair in paper_flashmem:flashmem paper_softprompt:softprompt paper_memgen:memgen; do
+      run=${pair%%:*}; done_ $M/$run && ALSO+=("--method ${pair##*:} --memory $M/$run --out $E/gsm8k_$run.json")
+    done
+    done_ $M/paper_flashmem && ALSO+=("--method flashmem --memory $M/paper_flashmem --ablate foreign-context --out $E/gsm8k_paper_flashmem_foreign-context.json")
+    [ ${#ALSO[@]} -gt 0 ] && ALSO=(--also "${ALSO[@]}")
+    flashmem eval --model qwen2.5-coder-0.5b --threads $THREADS --prompt memgen "${EVAL[@]}" --limit 500 \
+      --method vanilla --out $E/gsm8k_paper_vanilla.json "${ALSO[@]}" ;;
   vanilla)   flashmem eval "${MODEL[@]}" "${EVAL[@]}" --method vanilla --out $R/eval/gsm8k_vanilla.json ;;
   flashmem)  train flashmem flashmem 3e-4 ;;
   softprompt-sweep)  # 30 steps per rate, as on SmolLM2 (LRS picks rates, so two lanes can split the sweep)

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -88,8 +89,21 @@ def _number_answer_text(final: str) -> str:
 
 def _parse_gsm8k(row: dict[str, Any], line: int, source: str) -> Example:
     question = _text_field(row, "question")
-    answer = _CALC_ANNOTATION_RE.sub("", _text_field(row, "answer"))
-    return Example(question, answer, _final(answer, "number"), "number", source, line)
+    given = _text_field(row, "answer")
+    answer = _CALC_ANNOTATION_RE.sub("", given)
+    return Example(question, answer, _final(answer, "number"), "number", source, line, rationale=given)
+
+
+def memgen_target(example: Example) -> Example:
+    """The example with MemGen's SFT target (its GSM8K builder): the data set's rationale, calculator
+    annotations kept, up to the "####" line, followed directly by \\boxed{the text after "####"}."""
+    if not example.rationale:
+        raise FlashmemError(f"{example.source} line {example.line}: MemGen's targets need GSM8K's rationales "
+                            "(--data gsm8k); this row has none")
+    rationale, _, final = example.rationale.partition("\n####")
+    if not final.strip():
+        raise FlashmemError(f"{example.source} line {example.line}: the rationale has no '#### N' line")
+    return replace(example, answer=(rationale + "\\boxed{" + final.strip() + "}").strip())
 
 
 def _parse_math500(row: dict[str, Any], line: int, source: str) -> Example:

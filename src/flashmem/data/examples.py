@@ -15,6 +15,7 @@ class Example:
     kind: str  # "number", "math" or "exact" (flashmem.data.answers)
     source: str
     line: int  # 1-based line in the source file (row index + 1 for hub data)
+    rationale: str = ""  # GSM8K: the solution as the data set gives it (calculator annotations kept)
 
 
 @dataclass

@@ -42,7 +42,8 @@ EVAL_METHODS = ("vanilla", *METHOD_NAMES)
 # prompts (not the current batch) keep it the same when a run resumes or grows its --limit.
 THRESHOLD_PROMPTS = 8
 # How the prompt is described in a record file's identity ("plain" keeps the label older runs used).
-PROMPT_LABELS = {"plain": "chat template, greedy", "boxed": "chat template + boxed system prompt, greedy"}
+PROMPT_LABELS = {"plain": "chat template, greedy", "boxed": "chat template + boxed system prompt, greedy",
+                 "memgen": "chat template, MemGen's instruction and question frame, greedy"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,8 +62,9 @@ class EvalConfig(ModelOptions):
     max_new_tokens: int = option(256, "most tokens per answer")
     nll_only: bool = option(False, "only the reference answers' NLL, no generation (fast; no accuracy)")
     nll: bool = option(True, "score the reference answer's NLL beside each generated answer")
-    prompt: str = option("plain", "system prompt the questions are asked with (plain: none; boxed: ask for "
-                         "\\boxed{} final answers, Qwen's math-evaluation prompt)", choices=tuple(PROMPTS))
+    prompt: str = option("plain", "how the questions are asked (plain: as they are; boxed: a system prompt asking "
+                         "for \\boxed{} final answers, Qwen's math-evaluation prompt; memgen: MemGen's instruction "
+                         "and question frame)", choices=tuple(PROMPTS))
     prompt_window: int | None = option(None, "once the prompt-end memory is made, cut the prompt from the cache "
                                        "but its attention sinks and re-read its last N tokens, for every method, "
                                        "vanilla included (default: the memory's own setting, off for vanilla): "

@@ -35,7 +35,7 @@ class CalibrateConfig(ModelOptions):
     batch_size: int = option(8, "prompts per generate call")
     recheck: int = option(8, "prompts re-decoded with the new threshold")
     hist: str | None = option(None, "plot the entropy histogram with the threshold into this .png", metavar="FILE.png")
-    prompt: str = option("plain", "system prompt the questions are asked with (as in training)", choices=tuple(PROMPTS))
+    prompt: str = option("plain", "how the questions are asked (as in training)", choices=tuple(PROMPTS))
 
     def __post_init__(self) -> None:
         super().__post_init__()

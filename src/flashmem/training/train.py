@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..config import MemoryConfig, ModelOptions, check, option
-from ..data.datasets import ON_ERROR, load_examples, split_validation
+from ..data.datasets import ON_ERROR, load_examples, memgen_target, split_validation
 from ..data.prompts import PROMPTS, system_prompt
 from ..data.recall import RecallStream, is_recall_spec, parse_spec
 from ..errors import FlashmemError
@@ -51,8 +51,10 @@ class TrainConfig(ModelOptions):
     steps: int | None = option(None, "optimiser steps (default: one epoch)")
     epochs: float | None = option(None, "passes over the training data (default 1; exclusive with --steps)")
     resume: bool = option(False, "continue from OUT/checkpoint")
-    targets: str = option("reference", "answers to learn: the dataset's, or the backbone's own correct samples",
-                          choices=("reference", "self"))
+    targets: str = option("reference", "answers to learn: the dataset's, the backbone's own correct samples, or "
+                          "MemGen's (GSM8K: the rationale with its calculator annotations, then \\boxed{answer}; "
+                          "with --prompt memgen this is the recipe of MemGen and the FlashMem paper)",
+                          choices=("reference", "self", "memgen"))
     self_samples: int = option(4, "--targets self: samples per question")
     self_max_new_tokens: int = option(256, "--targets self: tokens per sample")
     self_temperature: float = option(0.7, "--targets self: sampling temperature (0: greedy, one sample is enough)")
@@ -83,8 +85,9 @@ class TrainConfig(ModelOptions):
     minutes: float | None = option(None, "stop and save cleanly after M minutes of training")
     stop_at: int | None = option(None, "stop and save cleanly after step N; the learning-rate schedule stays that of "
                                  "--steps, so runs compared at equal steps share one schedule", metavar="N")
-    prompt: str = option("plain", "system prompt the questions are asked with (plain: none; boxed: ask for "
-                         "\\boxed{} final answers)", choices=tuple(PROMPTS))
+    prompt: str = option("plain", "how the questions are asked (plain: as they are; boxed: a system prompt asking "
+                         "for \\boxed{} final answers; memgen: MemGen's instruction and question frame)",
+                         choices=tuple(PROMPTS))
     sft_weight: float = option(1.0, "weight of the answer's NLL with the memory (the paper's objective)")
     kl_weight: float = option(0.0, "weight of distillation: KL per answer token from the same frozen model with the "
                               "whole prompt in view and no memory")
@@ -267,6 +270,8 @@ def load_data(cfg: TrainConfig):
                                      cfg.limit, cfg.on_bad_data)
     if report.skipped:
         print(f"data: {report.summary()}", file=sys.stderr)
+    if cfg.targets == "memgen":
+        examples = [memgen_target(ex) for ex in examples]
     train_ex, val_ex = split_validation(examples, cfg.val_size, cfg.seed) if cfg.val_size > 0 else (examples, [])
     return train_ex, val_ex, report.path
 
