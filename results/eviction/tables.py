@@ -104,7 +104,7 @@ def evaluation_table(folder: Path) -> str:
              "other - own NLL [95% CI] |", "|---|---|---|---|---|---|---|"]
     for own in sorted(folder.glob("*.json")):
         name = own.stem
-        if name.startswith(("compare", "nll_", "vanilla", "press", "window")) or name.endswith("foreign-context"):
+        if name.startswith(("compare", "nll_", "vanilla", "press", "window", "oracle")) or name.endswith("foreign-context"):
             continue
         foreign = folder / f"{name}_foreign-context.json"
         fit = name.startswith("fit_")
@@ -117,6 +117,10 @@ def evaluation_table(folder: Path) -> str:
              (("the plain model through the cut", "cut"), ("with the whole document", "whole"))]
     if any(summary for _, summary in plain):
         lines += ["", "; ".join(f"{label}: {_acc(summary)}" for label, summary in plain)]
+    oracle = _summary(folder / "oracle_tokens.json")
+    if oracle:  # oracle_tokens.py: the right text's token embeddings in the latent slots
+        lines += ["", "oracle latents (the right text's token embeddings, through the same cut; oracle_tokens.py): "
+                  + "; ".join(f"{v} {r['correct']}/{r['n']}" for v, r in oracle["variants"].items())]
     return "\n".join(lines) + "\n"
 
 
