@@ -104,7 +104,7 @@ def evaluation_table(folder: Path) -> str:
              "other - own NLL [95% CI] |", "|---|---|---|---|---|---|---|"]
     for own in sorted(folder.glob("*.json")):
         name = own.stem
-        if name.startswith(("compare", "nll_", "vanilla", "press", "window", "oracle")) or name.endswith("foreign-context"):
+        if name.startswith(("compare", "nll_", "vanilla", "press", "window", "oracle", "latent")) or name.endswith("foreign-context"):
             continue
         foreign = folder / f"{name}_foreign-context.json"
         fit = name.startswith("fit_")
