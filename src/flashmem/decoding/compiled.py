@@ -94,7 +94,7 @@ class CompiledStep:
             raise FlashmemError("a compiled decoding step needs a preallocated cache (GenerationConfig.static_cache)")
         self.bb, self.watch, self.capacity, self.forward = bb, watch, capacity, forward
         self.normalize = state.normalize_entropy
-        self.graph = _graph(_step, bb.device)
+        self.graph, self.inject = _graph(_step, bb.device), _graph(_inject, bb.device)
         self.mask = self.sinks = self.slot = None
         self.filled = -1  # columns of the buffer that state.mask shows; -1: not adopted yet
 
@@ -103,15 +103,9 @@ class CompiledStep:
             self._adopt(state)
         append_tokens(state, token[:, None])
         embeds = self.bb.embed(token[:, None])
-        cuda = embeds.device.type == "cuda"
-        if cuda:
-            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last replay's outputs may be reused
-        logits, hidden, entropy = self.graph(self.forward, self.watch, self.normalize, self.bb.n_layers - 1,
-                                             self.bb.scaling, self.capacity, embeds, state.cache, state.positions,
-                                             self.mask, self.sinks, self.slot)
-        if cuda:  # a CUDA graph writes every replay's outputs to the same memory; the log keeps them longer
-            logits, hidden = logits.clone(), hidden.clone()
-            entropy = entropy.clone() if entropy is not None else None
+        logits, hidden, entropy = self._replay(self.graph, self.forward, self.watch, self.normalize,
+                                               self.bb.n_layers - 1, self.bb.scaling, self.capacity, embeds,
+                                               state.cache, state.positions, self.mask, self.sinks, self.slot)
         self._advance(state, 1)
         state.positions = state.positions + 1
         state.next_positions = [p + 1 for p in state.next_positions]
@@ -129,13 +123,9 @@ class CompiledStep:
         k = memory.config.num_latents
         if self.filled + k >= self.capacity:
             raise FlashmemError(f"the preallocated cache is full ({self.filled} + {k} of {self.capacity} slots)")
-        graph = _graph(_inject, bb.device)
-        if bb.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
-        latents, logits, hidden = graph(memory, self.forward, k, state.cache, state.positions, self.mask, self.slot,
-                                        pick, state.hidden, state.logits, state.made, state.ids[:, :0])
-        if bb.device.type == "cuda":
-            latents, logits, hidden = latents.clone(), logits.clone(), hidden.clone()
+        latents, logits, hidden = self._replay(self.inject, memory, self.forward, k, state.cache, state.positions,
+                                               self.mask, self.slot, pick, state.hidden, state.logits, state.made,
+                                               state.ids[:, :0])
         self._advance(state, k)
         state.positions = state.positions + k * pick.long()
         state.next_positions = [p + k * r for p, r in zip(state.next_positions, rows)]
@@ -144,6 +134,15 @@ class CompiledStep:
         if state.inputs is not None:
             state.inputs.append(latents)
         return latents
+
+    def _replay(self, graph: Callable, *args) -> tuple:
+        """graph(*args). On CUDA a new step is marked first (the last replay's outputs may then be reused), and
+        the outputs are copied: a CUDA graph writes every replay's outputs to the same memory, and the log keeps
+        them longer."""
+        if self.bb.device.type != "cuda":
+            return graph(*args)
+        torch.compiler.cudagraph_mark_step_begin()
+        return tuple(None if out is None else out.clone() for out in graph(*args))
 
     def _advance(self, state: DecodeState, n: int) -> None:
         """n more buffer columns are filled; state.mask and state.sinks show them."""
