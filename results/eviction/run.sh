@@ -63,6 +63,9 @@ case "$1" in
   train-one128-soft)  # one128_sft with the soft-token readout (--readout soft-token): each latent the frozen LM
     # head's expected token embedding plus the projection, so a copied digit is a token the model already reads
     train one128_soft "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token ;;
+  train-one128-gist)  # one128_soft with a direct signal: latent j's head distribution named toward token j of the
+    # document's key and value ("blue locker 4821", --gist-weight 1), beside the answer's NLL
+    train one128_gist "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token --gist-weight 1 ;;
   train-aware128-soft)  # aware128_sft with the soft-token readout
     train aware128_soft "${CUT128[@]}" --stop-at ${STOP:-500} --method flashmem --lr 1e-3 --steps 2000 \
       --readout soft-token ;;

@@ -16,6 +16,7 @@ class Example:
     source: str
     line: int  # 1-based line in the source file (row index + 1 for hub data)
     rationale: str = ""  # GSM8K: the solution as the data set gives it (calculator annotations kept)
+    gist: str = ""  # recall streams: what a memory of the document must carry (training.objectives, gist)
 
 
 @dataclass

@@ -330,6 +330,22 @@ def _check_split(split: str, index: int) -> None:
         raise FlashmemError(f"recall {split} has items 0..{SPLIT_SIZES[split] - 1}, got {index}")
 
 
+# ---- the gist of a document ---------------------------------------------------------------------
+GIST_FORMS = ("pairs", "facts")
+
+
+def gist_text(doc: Document, form: str = "pairs") -> str:
+    """What a query-agnostic memory of the document must carry, every fact in document order: ``pairs``
+    ("blue locker 4821; red safe 1234", the compact form) or ``facts`` (the fact sentences themselves).
+    At one fact the pair read back through the cut answers every question (results/eviction/oracle_tokens.py)."""
+    if form not in GIST_FORMS:
+        raise FlashmemError(f"recall: the gist form must be one of {', '.join(GIST_FORMS)}, got {form!r}")
+    ordered = sorted(doc.facts, key=lambda f: doc.text.index(f.sentence()))
+    if form == "facts":
+        return " ".join(f.sentence() for f in ordered)
+    return "; ".join(f"{f.colour} {f.obj} {f.value}" for f in ordered)
+
+
 # ---- a stream of new documents for training --------------------------------------------------------
 STREAM = "stream"  # the random streams' split name: none of its documents is a train/validation/test item
 STREAM_ITEMS = 10**9  # as good as endless: a training run reads a few thousand
@@ -338,16 +354,20 @@ STREAM_ITEMS = 10**9  # as good as endless: a training run reads a few thousand
 class RecallStream:
     """Training examples that never repeat a document: item i asks about fact i % q of document i // q,
     document j drawn from its own random stream (seed, "stream", j). q = questions_per_document > 1
-    lets one document serve several consecutive examples (a batch of q asks about one document)."""
+    lets one document serve several consecutive examples (a batch of q asks about one document). gist: a
+    GIST_FORMS name, to give every example its document's gist (the --gist-weight target)."""
 
-    def __init__(self, spec: RecallSpec, questions_per_document: int = 1, documents: int | None = None):
+    def __init__(self, spec: RecallSpec, questions_per_document: int = 1, documents: int | None = None,
+                 gist: str | None = None):
         if not 1 <= questions_per_document <= spec.facts:
             raise FlashmemError(f"recall: questions per document must be in 1..{spec.facts} (the facts), "
                                 f"got {questions_per_document}")
         if documents is not None and not 1 <= documents <= SPLIT_SIZES["train"]:
             raise FlashmemError(f"recall: a fit check cycles over 1..{SPLIT_SIZES['train']} train documents, "
                                 f"got {documents}")
-        self.spec, self.q, self.documents = spec, questions_per_document, documents
+        if gist is not None and gist not in GIST_FORMS:
+            raise FlashmemError(f"recall: the gist form must be one of {', '.join(GIST_FORMS)}, got {gist!r}")
+        self.spec, self.q, self.documents, self.gist = spec, questions_per_document, documents, gist
         self._last: tuple[int, Document] | None = None
 
     @property
@@ -372,7 +392,9 @@ class RecallStream:
             raise FlashmemError(f"recall stream has items 0..{STREAM_ITEMS - 1}, got {i}")
         doc = self.document(i // self.q)
         fact = doc.facts[i % self.q]
-        return Example(doc.text + question_suffix(fact), fact.sentence(), fact.value, KIND, self.label, i + 1)
+        gist = gist_text(doc, self.gist) if self.gist else ""
+        return Example(doc.text + question_suffix(fact), fact.sentence(), fact.value, KIND, self.label, i + 1,
+                       gist=gist)
 
 
 # ---- a split -------------------------------------------------------------------------------------

@@ -84,12 +84,17 @@ class Consolidator(LatentMemory):
         return self.backbone.patched(self._writers) if self._writers else super().writer()
 
     def forward(self, ctx: MemoryContext) -> torch.Tensor:
+        return self.latents_and_logits(ctx)[0]
+
+    def latents_and_logits(self, ctx: MemoryContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K, d) latents and, with the soft-token readout, (B, K, V) the frozen head's logits whose
+        distribution each latent is the expected embedding of (what the gist objective trains); else None."""
         bb = self.backbone
         visible = ctx.mask.bool()
         cache = [ctx.cache_kv(i) for i in self.sources]
         latent_kv: list[tuple[list, list]] = [([], []) for _ in self.layers]
         x = self.seed(ctx.hidden.to(self.out_proj.weight.dtype)).unsqueeze(1)  # (B, 1, d)
-        latents = []
+        latents, logits = [], []
         for step in range(self.config.num_latents):
             cos, sin = bb.rotary(x, (ctx.positions + step).unsqueeze(1))  # the latents' own positions
             for layer, src, (keys, values), (lat_k, lat_v) in zip(self.layers, self.sources, cache, latent_kv):
@@ -99,20 +104,27 @@ class Consolidator(LatentMemory):
                 attended = shared_kv_attention(query, keys, values, visible, torch.cat(lat_k, 2),
                                                torch.cat(lat_v, 2), bb.scaling)
                 x = bb.finish_layer(layer, x, attended)
-            latents.append(self.read_out(x))
+            latent, named = self._read_out(x)
+            latents.append(latent)
+            logits.append(named)
         if self.config.readout == "soft-token":  # the anchor would blur the token each latent names
-            return self.to_embedding_scale(torch.cat(latents, dim=1))
-        return self.emit(torch.cat(latents, dim=1), x.shape[0])  # (B, K, d)
+            return self.to_embedding_scale(torch.cat(latents, dim=1)), torch.cat(logits, dim=1)
+        return self.emit(torch.cat(latents, dim=1), x.shape[0]), None  # (B, K, d)
 
     def read_out(self, x: torch.Tensor) -> torch.Tensor:
         """One latent from the layer's output x (B, 1, d): the learned projection, plus with the soft-token
         readout the expected embedding under the frozen LM head. The layer is a copy of the last one, whose
         output the LM head already reads as a next-token distribution, so copying a token seen in the cache
         (an induction head's work) is the untrained layer's habit rather than a map to learn from scratch."""
+        return self._read_out(x)[0]
+
+    def _read_out(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """read_out's latent and, with the soft-token readout, the head's logits it was made from."""
         normed = self.out_norm(x)
         latent = self.out_proj(normed)
-        if self.config.readout == "soft-token":
-            bb = self.backbone
-            probs = torch.softmax(bb.logits(normed).float(), dim=-1).to(normed.dtype)
-            latent = latent + probs @ bb.embedding_matrix()
-        return latent
+        if self.config.readout != "soft-token":
+            return latent, None
+        bb = self.backbone
+        logits = bb.logits(normed)
+        probs = torch.softmax(logits.float(), dim=-1).to(normed.dtype)
+        return latent + probs @ bb.embedding_matrix(), logits

@@ -24,6 +24,7 @@ class Sequence:
     answer: torch.Tensor  # (N,) int64, ends with EOS
     where: str  # "file line N", for messages
     reconstruct: bool = True  # False: another example of the same document rebuilds it (objectives.py)
+    gist: torch.Tensor | None = None  # (G,) int64: the ids the latents should name (Example.gist), if any
 
     @property
     def n_tokens(self) -> int:
@@ -142,4 +143,12 @@ class LazySequences:
         problem = length_problem(where, prompt, answer, self.max_length)
         if problem:
             raise FlashmemError(problem)
-        return Sequence(torch.tensor(prompt), torch.tensor(answer), where, reconstruct=index % self.per_document == 0)
+        return Sequence(torch.tensor(prompt), torch.tensor(answer), where, reconstruct=index % self.per_document == 0,
+                        gist=encode_gist(self.tokenizer, example))
+
+
+def encode_gist(tokenizer, example: Example) -> torch.Tensor | None:
+    """The ids of an example's gist text as the tokenizer reads it on its own (no special tokens), or None."""
+    if not example.gist:
+        return None
+    return torch.tensor(tokenizer(example.gist, add_special_tokens=False).input_ids)

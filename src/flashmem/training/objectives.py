@@ -1,4 +1,4 @@
-"""What a training step optimises for one sequence: a weighted sum of three signals (flashmem's own
+"""What a training step optimises for one sequence: a weighted sum of four signals (flashmem's own
 extension for memories that must carry evicted context; the paper trains with the first alone).
 
 - sft: the answer's NLL with the memory (the paper's objective, the default);
@@ -7,7 +7,12 @@ extension for memories that must carry evicted context; the paper trains with th
   the full context would have said, on every token's whole distribution, not only the target's;
 - recon: reconstruction of what the cut evicted, the prompt between the sinks and the window, read
   right after the memory with nothing else of it in view (ICAE, 500xCompressor), tokens holding a
-  digit weighted `recon_digit_weight` times (the content of a recall fact); needs prompt_window > 0.
+  digit weighted `recon_digit_weight` times (the content of a recall fact); needs prompt_window > 0;
+- gist: latent j's token distribution under the frozen LM head (the soft-token readout) against token j of
+  the document's gist (Example.gist: a recall document's keys and values), the memory made where the policy
+  makes it. The answer's NLL, credited through the frozen reader, did not teach the consolidator to restate
+  the document (RESULTS, "The floor of the task"), while the gist's own tokens in the latent slots answer
+  every one-fact question: this term names the target instead of hoping the reader's gradient finds it.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ class Objective:
     recon: float = 0.0
     recon_tokens: int = 256  # most evicted tokens scored (the first ones)
     recon_digit_weight: float = 1.0
+    gist: float = 0.0
 
 
 @dataclass
@@ -42,18 +48,25 @@ class SequenceLoss:
     recon: torch.Tensor | float  # weighted reconstruction NLL
     recon_weight: float  # the weights' sum
     insertions: int
+    gist: torch.Tensor | float = 0.0  # gist cross-entropy summed over the named latents
+    gist_tokens: int = 0  # latents scored: min(K, gist length)
+    gist_hits: int = 0  # of those, the ones whose most likely token is the gist's
 
 
 def sequence_loss(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor, answer: torch.Tensor,
-                  policy: MemoryConfig, objective: Objective, reconstruct: bool = True) -> SequenceLoss:
+                  policy: MemoryConfig, objective: Objective, reconstruct: bool = True,
+                  gist: torch.Tensor | None = None) -> SequenceLoss:
     """The parts for one sequence; the prompt's prefill is run once and copied for each part that needs it.
-    reconstruct=False skips the reconstruction (a document another example of the step already rebuilds)."""
+    reconstruct=False skips the document's own terms, reconstruction and gist (another example of the step
+    already scores them). gist: the ids the latents should name (Sequence.gist)."""
     state = encode_prompt(bb, policy, prompt)
     teacher = teacher_logprobs(bb, prompt, answer, fork(bb, state)) if objective.kl > 0 else None
     recon, weight = reconstruction_nll(bb, memory, prompt, policy, objective, fork(bb, state)) \
         if objective.recon > 0 and reconstruct else (0.0, 0.0)
+    named = gist_nll(memory, gist, policy, fork(bb, state)) \
+        if objective.gist > 0 and reconstruct and gist is not None else (0.0, 0, 0)
     scored = training_nll(bb, memory, prompt, answer, policy=policy, teacher=teacher, state=state)
-    return SequenceLoss(scored.nll, scored.kl, recon, weight, len(scored.insertions))
+    return SequenceLoss(scored.nll, scored.kl, recon, weight, len(scored.insertions), *named)
 
 
 def fork(bb: Backbone, state: DecodeState) -> DecodeState:
@@ -93,6 +106,20 @@ def reconstruction_nll(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor,
     nll = torch.nn.functional.cross_entropy(logits.float(), span, reduction="none")
     weights = content_weights(bb, span, objective.recon_digit_weight)
     return (nll * weights).sum(), float(weights.sum())
+
+
+def gist_nll(memory: LatentMemory, gist: torch.Tensor, policy: MemoryConfig,
+             state: DecodeState) -> tuple[torch.Tensor, int, int]:
+    """(cross-entropy sum, latents scored, latents naming their token) of latent j's head distribution against
+    gist token j, for the first min(K, G) latents; the memory is made where the policy makes it (before the
+    window if query-agnostic, else at the prompt's end). state: the prompt's prefill (it is used up)."""
+    if policy.query_agnostic:
+        rewind(memory.backbone, state, policy.prompt_window)
+    _, logits = memory.latents_and_logits(memory_context(memory.backbone, state))
+    n = min(logits.shape[1], gist.numel())
+    logits, target = logits[0, :n].float(), gist[:n].to(logits.device)
+    nll = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    return nll, n, int((logits.argmax(-1) == target).sum())
 
 
 def content_weights(bb: Backbone, ids: torch.Tensor, digit_weight: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from ..config import MemoryConfig, ModelOptions, check, option
 from ..data.datasets import ON_ERROR, load_examples, memgen_target, split_validation
 from ..data.prompts import PROMPTS, system_prompt
-from ..data.recall import RecallStream, is_recall_spec, parse_spec
+from ..data.recall import GIST_FORMS, RecallStream, is_recall_spec, parse_spec
 from ..errors import FlashmemError
 from ..memory.registry import METHOD_NAMES, build_memory, default_config, identity_mismatch
 from ..models.loader import load_backbone
@@ -95,6 +95,11 @@ class TrainConfig(ModelOptions):
                                  "and --prompt-window) from the memory alone; needs --prompt-window")
     recon_tokens: int = option(256, "--recon-weight: most evicted tokens scored (the first ones)")
     recon_digit_weight: float = option(1.0, "--recon-weight: weight of tokens holding a digit (a recall fact's value)")
+    gist_weight: float = option(0.0, "weight of naming the document's gist: latent j's token distribution under the "
+                                "frozen LM head against token j of the gist (--gist); needs --stream and the "
+                                "flashmem memory's --readout soft-token")
+    gist: str = option("pairs", "--gist-weight: what the latents must name, every fact in document order: pairs "
+                       "(\"blue locker 4821; red safe 1234\") or facts (the fact sentences)", choices=GIST_FORMS)
     stream: bool = option(False, "recall only: a newly generated document for every training example, never "
                           "repeated (needs --steps); held out: the first --val-size items of the validation split")
     questions_per_document: int = option(1, "--stream: consecutive examples asking about one document's facts "
@@ -127,9 +132,13 @@ class TrainConfig(ModelOptions):
             (self.self_temperature >= 0, f"--self-temperature must be >= 0, got {self.self_temperature}"),
             (min(self.eval_every, self.val_size, self.save_every) >= 0,
              "--eval-every, --val-size and --save-every must be >= 0"),
-            (min(self.sft_weight, self.kl_weight, self.recon_weight) >= 0
-             and self.sft_weight + self.kl_weight + self.recon_weight > 0,
-             "--sft-weight, --kl-weight and --recon-weight must be >= 0, one of them > 0"),
+            (min(self.sft_weight, self.kl_weight, self.recon_weight, self.gist_weight) >= 0
+             and self.sft_weight + self.kl_weight + self.recon_weight + self.gist_weight > 0,
+             "--sft-weight, --kl-weight, --recon-weight and --gist-weight must be >= 0, one of them > 0"),
+            (self.gist_weight == 0 or (self.stream and self.method == "flashmem"
+                                       and self.memory.readout == "soft-token"),
+             "--gist-weight needs --stream (recall documents know their gist), --method flashmem and "
+             "--readout soft-token (latents that name tokens)"),
             (self.recon_weight == 0 or self.memory.prompt_window > 0,
              "--recon-weight needs --prompt-window N: the reconstruction is of what the cut evicted"),
             (self.recon_tokens >= 1 and self.recon_digit_weight > 0,
@@ -148,7 +157,8 @@ class TrainConfig(ModelOptions):
 
     @property
     def objective(self) -> Objective:
-        return Objective(self.sft_weight, self.kl_weight, self.recon_weight, self.recon_tokens, self.recon_digit_weight)
+        return Objective(self.sft_weight, self.kl_weight, self.recon_weight, self.recon_tokens, self.recon_digit_weight,
+                         self.gist_weight)
 
 
 def train(cfg: TrainConfig) -> int:
@@ -263,7 +273,8 @@ def load_data(cfg: TrainConfig):
     """(train examples, validation examples, label of the source) from the training split, or, with --stream,
     from an endless stream of new recall documents and the validation split."""
     if cfg.stream:
-        stream = RecallStream(parse_spec(cfg.data.strip().lower()), cfg.questions_per_document, cfg.fit_documents)
+        stream = RecallStream(parse_spec(cfg.data.strip().lower()), cfg.questions_per_document, cfg.fit_documents,
+                              gist=cfg.gist if cfg.gist_weight > 0 else None)
         val_ex = load_examples(cfg.data, "validation", limit=cfg.val_size)[0] if cfg.val_size > 0 else []
         return stream, val_ex, stream.label
     examples, report = load_examples(cfg.data, "train", cfg.data_dir, cfg.question_field, cfg.answer_field,

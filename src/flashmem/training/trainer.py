@@ -45,6 +45,8 @@ class StepResult:
     stop: bool
     kl: float = 0.0  # mean KL to the full-view teacher per answer token (--kl-weight)
     recon: float = 0.0  # weighted reconstruction NLL per weighted token (--recon-weight)
+    gist: float = 0.0  # gist cross-entropy per named latent (--gist-weight)
+    gist_hits: float = 0.0  # fraction of named latents whose most likely token is the gist's
 
 
 def _number(value) -> float:
@@ -110,35 +112,39 @@ class Trainer:
         batch = [self.train[i] for i in self.stream.take(self.cfg.batch_size)]
         answer_tokens = sum(int(s.answer.numel()) for s in batch)
         self.optimizer.zero_grad(set_to_none=False)
-        sums = torch.zeros(5, dtype=torch.float64)  # nll, kl, recon, recon weight, insertions
+        sums = torch.zeros(8, dtype=torch.float64)  # nll, kl, recon, recon weight, insertions, gist, named, hits
         rebuilt = max(sum(s.reconstruct for s in batch), 1)  # sequences that reconstruct their document
         for seq in shard(batch, self.acc.process_index, self.acc.num_processes):
             with self.autocast():
                 part = sequence_loss(self.bb, self.memory, seq.prompt.to(self.bb.device), seq.answer.to(self.bb.device),
-                                     self.policy, self.objective, seq.reconstruct)
+                                     self.policy, self.objective, seq.reconstruct, seq.gist)
             self.step_loss(part, answer_tokens, rebuilt).backward()
             sums += torch.tensor([_number(part.nll), _number(part.kl), _number(part.recon), part.recon_weight,
-                                  part.insertions], dtype=torch.float64)
+                                  part.insertions, _number(part.gist), part.gist_tokens, part.gist_hits],
+                                 dtype=torch.float64)
         stop = (self.stop_signal is not None or (deadline is not None and time.monotonic() > deadline)
                 or (self.cfg.stop_at is not None and self.step + 1 >= self.cfg.stop_at))
         self._reduce_grads()
         totals = torch.cat([sums, torch.tensor([float(stop)], dtype=torch.float64)]).to(self.bb.device)
-        nll, kl, recon, recon_weight, insertions, stop = self._sum_across(totals).tolist()
+        nll, kl, recon, recon_weight, insertions, gist, named, hits, stop = self._sum_across(totals).tolist()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return StepResult(nll / answer_tokens, float(grad_norm), sum(s.n_tokens for s in batch), answer_tokens,
-                          insertions / len(batch), stop > 0, kl / answer_tokens, recon / max(recon_weight, 1e-9))
+                          insertions / len(batch), stop > 0, kl / answer_tokens, recon / max(recon_weight, 1e-9),
+                          gist / max(named, 1.0), hits / max(named, 1.0))
 
     def step_loss(self, part, answer_tokens: int, rebuilt: int) -> torch.Tensor:
         """One sequence's share of the step's loss. Answer terms are divided by the whole step's answer tokens
-        and the reconstruction by the number of sequences that rebuild a document, so summing over examples
-        and processes gives the means."""
+        and the document's own terms (reconstruction, gist) by the number of sequences that score a document,
+        so summing over examples and processes gives the means."""
         o = self.objective
         loss = (o.sft * part.nll + o.kl * part.kl) / answer_tokens
         if o.recon > 0 and part.recon_weight > 0:
             loss = loss + o.recon * part.recon / part.recon_weight / rebuilt
+        if o.gist > 0 and part.gist_tokens > 0:
+            loss = loss + o.gist * part.gist / part.gist_tokens / rebuilt
         return loss
 
     def _reduce_grads(self) -> None:
@@ -286,6 +292,8 @@ class Trainer:
             record["kl"] = result.kl
         if self.objective.recon > 0:
             record["recon"] = result.recon
+        if self.objective.gist > 0:
+            record.update(gist=result.gist, gist_hits=result.gist_hits)
         return record
 
     def _save_outputs(self) -> None:
