@@ -122,3 +122,22 @@ def test_train_logs_the_gist_and_checks_its_settings(tmp_path):
     from flashmem.training.train import TrainConfig
     with pytest.raises(FlashmemError, match="--gist-weight needs --stream"):
         TrainConfig(data="recall", out="x", steps=3, gist_weight=1.0)
+
+
+def test_a_gist_only_phase_skips_the_answer(tmp_path, monkeypatch):
+    """--sft-weight 0 with no KL: no answer is decoded (training_nll is never called), no answer NLL is logged,
+    and a step whose other examples repeat a document (nothing of their own to score) still trains."""
+    import flashmem.training.objectives as objectives
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the answer was decoded")
+    monkeypatch.setattr(objectives, "training_nll", refuse)
+    model = make_tiny_model_dir(tmp_path / "model", max_position_embeddings=2048)
+    out = tmp_path / "mem"
+    argv = ["train", "--model", str(model), "--data", "recall:context=128,facts=2", "--stream", "--steps", "2",
+            "--questions-per-document", "2", "--batch-size", "2", "--val-size", "0", "--max-length", "1024",
+            "--prompt-window", "40", "--query-agnostic", "--no-trigger-memory", "--readout", "soft-token",
+            "--gist-weight", "1", "--sft-weight", "0", "--out", str(out)]
+    assert main(argv) == 0
+    steps = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "gist" in r]
+    assert len(steps) == 2 and all(r["loss"] is None and r["gist"] > 0 for r in steps)

@@ -10,6 +10,7 @@ latents, the question's last 26 tokens), then decodes greedily:
   sentence  the asked fact's sentence ("The access code of the blue locker is 4821.")
   pairs     every fact's key and value, in document order ("blue locker 4821, red safe 1234")
   facts     every fact sentence of the document, in document order (what a query-agnostic memory must hold)
+  gist      the --gist-weight target (recall.gist_text, pairs): "red safe 1234; blue locker 4821"
   none      no latents (the plain cut)
 
     .venv/bin/python results/eviction/oracle_tokens.py --data recall:context=128,facts=1 --limit 100 \
@@ -27,13 +28,13 @@ import torch
 from flashmem.config import GenerationConfig, MemoryConfig
 from flashmem.data.answers import is_correct
 from flashmem.data.prompts import encode_prompts
-from flashmem.data.recall import make_document, make_item, parse_spec
+from flashmem.data.recall import gist_text, make_document, make_item, parse_spec
 from flashmem.decoding.generation import generate
 from flashmem.memory.base import LatentMemory
 from flashmem.models.loader import load_backbone
 from flashmem.models.runtime import set_threads
 
-VARIANTS = ("none", "digits", "pair", "sentence", "pairs", "facts")
+VARIANTS = ("none", "digits", "pair", "sentence", "pairs", "facts", "gist")
 WINDOW = 26  # as run.sh's W128: holds every question, never the value (eval/c128*/window_check.json)
 
 
@@ -59,6 +60,8 @@ def oracle_text(variant: str, doc) -> str:
         return _pair(doc.facts[0])
     if variant == "sentence":
         return doc.facts[0].sentence()
+    if variant == "gist":
+        return gist_text(doc, "pairs")
     ordered = sorted(doc.facts, key=lambda f: doc.text.index(f.sentence()))
     if variant == "pairs":
         return ", ".join(_pair(f) for f in ordered)

@@ -65,10 +65,14 @@ def training_table(folder: Path) -> str:
     lines = [f"**{folder.name}**: step {last['step']}, {last.get('elapsed', 0) / 60:.0f} min; held-out answer NLL/token by step: "
              + ", ".join(f"{r['step']}: {r['val_loss']:.3f}" for r in held)]
     parts = [r for r in records if "loss" in r][-20:]
-    if parts:
-        mean = {k: sum(r.get(k, 0.0) for r in parts) / len(parts) for k in ("loss", "kl", "recon")}
-        lines.append(f"last {len(parts)} steps' means: answer NLL {mean['loss']:.3f}, KL {mean['kl']:.3f}, "
-                     f"reconstruction {mean['recon']:.3f}")
+    if parts:  # a part a run does not compute (a gist-only phase's answer NLL: null) counts as absent
+        mean = {k: sum(r.get(k) or 0.0 for r in parts) / len(parts)
+                for k in ("loss", "kl", "recon", "gist", "gist_hits")}
+        text = f"last {len(parts)} steps' means: answer NLL {mean['loss']:.3f}, KL {mean['kl']:.3f}, " \
+               f"reconstruction {mean['recon']:.3f}"
+        if any("gist" in r for r in parts):
+            text += f", gist cross-entropy {mean['gist']:.3f} (latents naming their token: {mean['gist_hits']:.2f})"
+        lines.append(text)
     return "\n\n".join(lines) + "\n"
 
 

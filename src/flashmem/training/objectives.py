@@ -38,12 +38,18 @@ class Objective:
     recon_digit_weight: float = 1.0
     gist: float = 0.0
 
+    @property
+    def scores_answer(self) -> bool:
+        """Whether a step decodes the answer with the memory at all: a gist-only (or reconstruction-only)
+        phase skips it, about half of a step's cost, and logs no answer NLL."""
+        return self.sft > 0 or self.kl > 0
+
 
 @dataclass
 class SequenceLoss:
     """One sequence's parts, each summed over its tokens (normalised by the trainer over the step)."""
 
-    nll: torch.Tensor  # answer NLL (always computed: it is what the log and the held-out loss report)
+    nll: torch.Tensor | float  # answer NLL (0.0 when the objective does not score the answer)
     kl: torch.Tensor | float
     recon: torch.Tensor | float  # weighted reconstruction NLL
     recon_weight: float  # the weights' sum
@@ -65,6 +71,8 @@ def sequence_loss(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor, answ
         if objective.recon > 0 and reconstruct else (0.0, 0.0)
     named = gist_nll(memory, gist, policy, fork(bb, state)) \
         if objective.gist > 0 and reconstruct and gist is not None else (0.0, 0, 0)
+    if not objective.scores_answer:
+        return SequenceLoss(0.0, 0.0, recon, weight, 0, *named)
     scored = training_nll(bb, memory, prompt, answer, policy=policy, teacher=teacher, state=state)
     return SequenceLoss(scored.nll, scored.kl, recon, weight, len(scored.insertions), *named)
 

@@ -118,7 +118,9 @@ class Trainer:
             with self.autocast():
                 part = sequence_loss(self.bb, self.memory, seq.prompt.to(self.bb.device), seq.answer.to(self.bb.device),
                                      self.policy, self.objective, seq.reconstruct, seq.gist)
-            self.step_loss(part, answer_tokens, rebuilt).backward()
+            loss = self.step_loss(part, answer_tokens, rebuilt)
+            if torch.is_tensor(loss) and loss.requires_grad:  # else (a gist-only step's repeat of a document) nothing to learn
+                loss.backward()
             sums += torch.tensor([_number(part.nll), _number(part.kl), _number(part.recon), part.recon_weight,
                                   part.insertions, _number(part.gist), part.gist_tokens, part.gist_hits],
                                  dtype=torch.float64)
@@ -266,7 +268,8 @@ class Trainer:
                 if self.val and self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or last):
                     record.update(self.validation_record())
                 self.log(record)
-                bar.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}",
+                shown = result.loss if self.objective.scores_answer else result.gist
+                bar.set_postfix(loss=f"{shown:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}",
                                 **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
                 bar.update(1)
                 if result.stop:
@@ -284,7 +287,7 @@ class Trainer:
 
     def step_record(self, result: StepResult, lr: float, seconds: float, elapsed: float) -> dict:
         """One step's line in the log (the objective's other parts when they are on)."""
-        record = {"step": self.step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+        record = {"step": self.step, "loss": result.loss if self.objective.scores_answer else None, "lr": lr, "grad_norm": result.grad_norm,
                   "tokens": result.tokens, "answer_tokens": result.answer_tokens,
                   "tokens_per_s": result.tokens / max(seconds, 1e-9), "insertions": result.insertions,
                   "elapsed": elapsed}
