@@ -41,7 +41,7 @@ def test_a_stream_with_a_gist_gives_every_example_its_documents_gist_as_ids():
     assert RecallStream(spec).__getitem__(0).gist == ""  # off unless asked for
     tok = tiny_tokenizer()
     seqs = LazySequences(tok, stream, 2048, "recall", per_document=2)
-    assert seqs[0].gist.tolist() == tok(first.gist, add_special_tokens=False).input_ids
+    assert seqs[0].gist.tolist() == tok(" " + first.gist, add_special_tokens=False).input_ids  # as in the document
     assert seqs[1].reconstruct is False  # the document's own terms are scored once a document
     assert LazySequences(tok, RecallStream(spec), 2048, "recall")[0].gist is None
 

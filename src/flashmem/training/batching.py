@@ -148,7 +148,9 @@ class LazySequences:
 
 
 def encode_gist(tokenizer, example: Example) -> torch.Tensor | None:
-    """The ids of an example's gist text as the tokenizer reads it on its own (no special tokens), or None."""
+    """The ids of an example's gist text, or None. It is read after a space, as its words stand in the document
+    (" green locker 7859" gives the document's own " green" token, not "green"), so every target is a token
+    the document holds and naming it is a copy (no special tokens)."""
     if not example.gist:
         return None
-    return torch.tensor(tokenizer(example.gist, add_special_tokens=False).input_ids)
+    return torch.tensor(tokenizer(" " + example.gist, add_special_tokens=False).input_ids)

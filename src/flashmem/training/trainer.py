@@ -311,8 +311,9 @@ class Trainer:
                "stopped at --stop-at" if self.cfg.stop_at and self.step >= self.cfg.stop_at else
                "stopped at --minutes" if result is not None and result.stop else "done")
         if self.main:
-            loss = f"{result.loss:.4f}" if result is not None else "n/a"
-            print(f"{why}: step {self.step}/{self.total}, last loss {loss}, {tokens} tokens in {elapsed:.0f} s "
+            loss = "n/a" if result is None else f"loss {result.loss:.4f}" if self.objective.scores_answer \
+                else f"gist cross-entropy {result.gist:.4f}"
+            print(f"{why}: step {self.step}/{self.total}, last {loss}, {tokens} tokens in {elapsed:.0f} s "
                   f"({tokens / max(elapsed, 1e-9):.0f} tokens/s), threshold {self.policy.threshold}; "
                   f"memory saved to {self.out} (checkpoint in {self.out / 'checkpoint'})", file=sys.stderr)
         return INTERRUPTED if self.stop_signal else 0
