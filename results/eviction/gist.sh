@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Issue 32, the gist objective (--gist-weight: latent j's token distribution under the frozen LM head named
+# toward token j of the document's keys and values) on SmolLM2-135M. Resumable: rerun the same stage.
+#   STOP=N bash results/eviction/gist.sh STAGE     (evaluate with run.sh eval-RUN / eval-nll-RUN)
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+case "$1" in
+  train-one128-gistonly)  # the writer alone: gist cross-entropy only (--sft-weight 0: no answer decoded, about half
+    # a step's cost; the projection gets no gradient, so each latent is exactly its expected token embedding)
+    train one128_gistonly "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token \
+      --gist-weight 1 --sft-weight 0 ;;
+  *) echo "unknown stage $1" >&2; exit 2 ;;
+esac
