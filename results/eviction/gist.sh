@@ -12,5 +12,9 @@ case "$1" in
     # a step's cost; the projection gets no gradient, so each latent is exactly its expected token embedding)
     train one128_gistonly "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token \
       --gist-weight 1 --sft-weight 0 ;;
+  train-one128-gistonly-l2)  # the same with a two-layer consolidator (--num-layers 2: copies of the last two layers,
+    # each reading its own layer's cache), the paper's Table 4 axis: does copying need more than one layer?
+    train one128_gistonly_l2 "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token \
+      --gist-weight 1 --sft-weight 0 --num-layers 2 ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac
