@@ -54,12 +54,12 @@ def test_gist_nll_is_the_cross_entropy_of_each_latents_head_distribution(agnosti
     prompt = torch.randint(3, bb.vocab_size, (LENGTH,), generator=g)
     gist = torch.randint(3, bb.vocab_size, (6,), generator=g)  # longer than K: the first K are named
     from flashmem.training.scoring import encode_prompt
-    nll, n, hits = gist_nll(memory, gist, memory.config, encode_prompt(bb, memory.config, prompt))
+    nll, weight, n, hits = gist_nll(memory, gist, memory.config, encode_prompt(bb, memory.config, prompt))
     # recomputed: the memory made from a prefill of what it may see, each step's output through the head
     seen = prompt[:LENGTH - WINDOW] if agnostic else prompt
     state, _ = prefill(bb, seen[None], torch.ones(1, seen.numel(), dtype=torch.long), SINKS)
     latents, logits = memory.latents_and_logits(memory_context(bb, state))
-    assert n == 4 and torch.allclose(latents, memory(memory_context(bb, state)))
+    assert n == 4 and weight == 4.0 and torch.allclose(latents, memory(memory_context(bb, state)))
     expected = torch.nn.functional.cross_entropy(logits[0].float(), gist[:4], reduction="sum")
     assert abs(float(nll.detach()) - float(expected.detach())) < 1e-4
     assert hits == int((logits[0].argmax(-1) == gist[:4]).sum())
@@ -70,7 +70,17 @@ def test_gist_nll_is_the_cross_entropy_of_each_latents_head_distribution(agnosti
     assert torch.allclose(latents, memory.to_embedding_scale(torch.softmax(logits, -1) @ bb.embedding_matrix()),
                           atol=1e-5)
     short = gist[:2]  # shorter than K: only its tokens are scored
-    assert gist_nll(memory, short, memory.config, encode_prompt(bb, memory.config, prompt))[1] == 2
+    assert gist_nll(memory, short, memory.config, encode_prompt(bb, memory.config, prompt))[2] == 2
+
+    class Tok:  # tokens 0 and 2 of the gist hold a digit
+        @staticmethod
+        def convert_ids_to_tokens(ids):
+            return ["7", "a", "Ġ12", "b"][: len(ids)]
+    bb.tokenizer = Tok()
+    with torch.no_grad():
+        weighted, total, _, _ = gist_nll(memory, gist, memory.config, encode_prompt(bb, memory.config, prompt), 3.0)
+        each = torch.nn.functional.cross_entropy(logits[0].float(), gist[:4], reduction="none")
+    assert total == 8.0 and abs(float(weighted) - float((each * torch.tensor([3.0, 1.0, 3.0, 1.0])).sum())) < 1e-4
 
 
 def test_the_linear_readout_names_nothing():
@@ -97,10 +107,10 @@ def test_training_on_the_gist_teaches_the_latents_to_name_it():
     for _ in range(30):
         optimizer.zero_grad()
         part = sequence_loss(bb, memory, prompt, answer, memory.config, objective, gist=gist)
-        (part.gist / part.gist_tokens).backward()
+        (part.gist / part.gist_weight).backward()
         assert memory.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
         optimizer.step()
-        losses.append(float(part.gist.detach()) / part.gist_tokens)
+        losses.append(float(part.gist.detach()) / part.gist_weight)
     assert all(p.grad is None for p in bb.model.parameters())
     assert losses[-1] < 0.8 * losses[0] and part.gist_hits == 3  # every latent names its token
     skipped = sequence_loss(bb, memory, prompt, answer, memory.config, objective, reconstruct=False, gist=gist)
@@ -137,7 +147,7 @@ def test_a_gist_only_phase_skips_the_answer(tmp_path, monkeypatch):
     argv = ["train", "--model", str(model), "--data", "recall:context=128,facts=2", "--stream", "--steps", "2",
             "--questions-per-document", "2", "--batch-size", "2", "--val-size", "0", "--max-length", "1024",
             "--prompt-window", "40", "--query-agnostic", "--no-trigger-memory", "--readout", "soft-token",
-            "--gist-weight", "1", "--sft-weight", "0", "--out", str(out)]
+            "--gist-weight", "1", "--gist-digit-weight", "4", "--sft-weight", "0", "--out", str(out)]
     assert main(argv) == 0
     steps = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "gist" in r]
     assert len(steps) == 2 and all(r["loss"] is None and r["gist"] > 0 for r in steps)

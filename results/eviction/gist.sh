@@ -5,8 +5,9 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 case "$1" in
-  train-one128-gist)  # one128_soft (answer NLL, soft-token readout) plus the gist, weight 1. Run at commit 209e7bb,
-    # where the gist was tokenised without a leading space (its first target "green", the document's " green")
+  train-one128-gist)  # one128_soft (answer NLL, soft-token readout) plus the gist, weight 1. Steps 1-300 ran at
+    # commit 209e7bb, where the gist was tokenised without a leading space (its first target "green", not the
+    # document's " green"); steps 301-392 resumed with the leading space (the colour's target changed mid-run)
     train one128_gist "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token --gist-weight 1 ;;
   train-one128-gistonly)  # the writer alone: gist cross-entropy only (--sft-weight 0: no answer decoded, about half
     # a step's cost; the projection gets no gradient, so each latent is exactly its expected token embedding)

@@ -37,6 +37,7 @@ class Objective:
     recon_tokens: int = 256  # most evicted tokens scored (the first ones)
     recon_digit_weight: float = 1.0
     gist: float = 0.0
+    gist_digit_weight: float = 1.0
 
     @property
     def scores_answer(self) -> bool:
@@ -54,7 +55,8 @@ class SequenceLoss:
     recon: torch.Tensor | float  # weighted reconstruction NLL
     recon_weight: float  # the weights' sum
     insertions: int
-    gist: torch.Tensor | float = 0.0  # gist cross-entropy summed over the named latents
+    gist: torch.Tensor | float = 0.0  # weighted gist cross-entropy summed over the named latents
+    gist_weight: float = 0.0  # the weights' sum
     gist_tokens: int = 0  # latents scored: min(K, gist length)
     gist_hits: int = 0  # of those, the ones whose most likely token is the gist's
 
@@ -69,8 +71,8 @@ def sequence_loss(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor, answ
     teacher = teacher_logprobs(bb, prompt, answer, fork(bb, state)) if objective.kl > 0 else None
     recon, weight = reconstruction_nll(bb, memory, prompt, policy, objective, fork(bb, state)) \
         if objective.recon > 0 and reconstruct else (0.0, 0.0)
-    named = gist_nll(memory, gist, policy, fork(bb, state)) \
-        if objective.gist > 0 and reconstruct and gist is not None else (0.0, 0, 0)
+    named = gist_nll(memory, gist, policy, fork(bb, state), objective.gist_digit_weight) \
+        if objective.gist > 0 and reconstruct and gist is not None else (0.0, 0.0, 0, 0)
     if not objective.scores_answer:
         return SequenceLoss(0.0, 0.0, recon, weight, 0, *named)
     scored = training_nll(bb, memory, prompt, answer, policy=policy, teacher=teacher, state=state)
@@ -116,18 +118,21 @@ def reconstruction_nll(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor,
     return (nll * weights).sum(), float(weights.sum())
 
 
-def gist_nll(memory: LatentMemory, gist: torch.Tensor, policy: MemoryConfig,
-             state: DecodeState) -> tuple[torch.Tensor, int, int]:
-    """(cross-entropy sum, latents scored, latents naming their token) of latent j's head distribution against
-    gist token j, for the first min(K, G) latents; the memory is made where the policy makes it (before the
-    window if query-agnostic, else at the prompt's end). state: the prompt's prefill (it is used up)."""
+def gist_nll(memory: LatentMemory, gist: torch.Tensor, policy: MemoryConfig, state: DecodeState,
+             digit_weight: float = 1.0) -> tuple[torch.Tensor, float, int, int]:
+    """(weighted cross-entropy sum, weight sum, latents scored, latents naming their token) of latent j's head
+    distribution against gist token j, for the first min(K, G) latents, tokens holding a digit weighted
+    digit_weight times; the memory is made where the policy makes it (before the window if query-agnostic,
+    else at the prompt's end). state: the prompt's prefill (it is used up)."""
+    bb = memory.backbone
     if policy.query_agnostic:
-        rewind(memory.backbone, state, policy.prompt_window)
-    _, logits = memory.latents_and_logits(memory_context(memory.backbone, state))
+        rewind(bb, state, policy.prompt_window)
+    _, logits = memory.latents_and_logits(memory_context(bb, state))
     n = min(logits.shape[1], gist.numel())
     logits, target = logits[0, :n].float(), gist[:n].to(logits.device)
-    nll = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-    return nll, n, int((logits.argmax(-1) == target).sum())
+    weights = content_weights(bb, target, digit_weight)
+    nll = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    return (nll * weights).sum(), float(weights.sum()), n, int((logits.argmax(-1) == target).sum())
 
 
 def content_weights(bb: Backbone, ids: torch.Tensor, digit_weight: float) -> torch.Tensor:

@@ -100,6 +100,8 @@ class TrainConfig(ModelOptions):
                                 "flashmem memory's --readout soft-token")
     gist: str = option("pairs", "--gist-weight: what the latents must name, every fact in document order: pairs "
                        "(\"blue locker 4821; red safe 1234\") or facts (the fact sentences)", choices=GIST_FORMS)
+    gist_digit_weight: float = option(1.0, "--gist-weight: weight of gist tokens holding a digit (a fact's value, "
+                                      "the part a recall answer needs and the last a writer learns to copy)")
     stream: bool = option(False, "recall only: a newly generated document for every training example, never "
                           "repeated (needs --steps); held out: the first --val-size items of the validation split")
     questions_per_document: int = option(1, "--stream: consecutive examples asking about one document's facts "
@@ -141,8 +143,8 @@ class TrainConfig(ModelOptions):
              "--readout soft-token (latents that name tokens)"),
             (self.recon_weight == 0 or self.memory.prompt_window > 0,
              "--recon-weight needs --prompt-window N: the reconstruction is of what the cut evicted"),
-            (self.recon_tokens >= 1 and self.recon_digit_weight > 0,
-             "--recon-tokens must be >= 1 and --recon-digit-weight > 0"),
+            (self.recon_tokens >= 1 and self.recon_digit_weight > 0 and self.gist_digit_weight > 0,
+             "--recon-tokens must be >= 1, --recon-digit-weight and --gist-digit-weight > 0"),
             (not self.stream or (is_recall_spec(self.data.strip().lower()) and self.steps is not None),
              "--stream needs --data recall[:...] and --steps (the stream has no epochs)"),
             (self.fit_documents is None or (self.stream and self.fit_documents >= 1),
@@ -158,7 +160,7 @@ class TrainConfig(ModelOptions):
     @property
     def objective(self) -> Objective:
         return Objective(self.sft_weight, self.kl_weight, self.recon_weight, self.recon_tokens, self.recon_digit_weight,
-                         self.gist_weight)
+                         self.gist_weight, self.gist_digit_weight)
 
 
 def train(cfg: TrainConfig) -> int:

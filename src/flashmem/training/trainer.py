@@ -45,7 +45,7 @@ class StepResult:
     stop: bool
     kl: float = 0.0  # mean KL to the full-view teacher per answer token (--kl-weight)
     recon: float = 0.0  # weighted reconstruction NLL per weighted token (--recon-weight)
-    gist: float = 0.0  # gist cross-entropy per named latent (--gist-weight)
+    gist: float = 0.0  # weighted gist cross-entropy per unit of weight (--gist-weight, --gist-digit-weight)
     gist_hits: float = 0.0  # fraction of named latents whose most likely token is the gist's
 
 
@@ -112,7 +112,7 @@ class Trainer:
         batch = [self.train[i] for i in self.stream.take(self.cfg.batch_size)]
         answer_tokens = sum(int(s.answer.numel()) for s in batch)
         self.optimizer.zero_grad(set_to_none=False)
-        sums = torch.zeros(8, dtype=torch.float64)  # nll, kl, recon, recon weight, insertions, gist, named, hits
+        sums = torch.zeros(9, dtype=torch.float64)  # nll, kl, recon, recon weight, insertions, gist, its weight, named, hits
         rebuilt = max(sum(s.reconstruct for s in batch), 1)  # sequences that reconstruct their document
         for seq in shard(batch, self.acc.process_index, self.acc.num_processes):
             with self.autocast():
@@ -122,20 +122,22 @@ class Trainer:
             if torch.is_tensor(loss) and loss.requires_grad:  # else (a gist-only step's repeat of a document) nothing to learn
                 loss.backward()
             sums += torch.tensor([_number(part.nll), _number(part.kl), _number(part.recon), part.recon_weight,
-                                  part.insertions, _number(part.gist), part.gist_tokens, part.gist_hits],
+                                  part.insertions, _number(part.gist), part.gist_weight, part.gist_tokens,
+                                  part.gist_hits],
                                  dtype=torch.float64)
         stop = (self.stop_signal is not None or (deadline is not None and time.monotonic() > deadline)
                 or (self.cfg.stop_at is not None and self.step + 1 >= self.cfg.stop_at))
         self._reduce_grads()
         totals = torch.cat([sums, torch.tensor([float(stop)], dtype=torch.float64)]).to(self.bb.device)
-        nll, kl, recon, recon_weight, insertions, gist, named, hits, stop = self._sum_across(totals).tolist()
+        nll, kl, recon, recon_weight, insertions, gist, gist_weight, named, hits, stop = \
+            self._sum_across(totals).tolist()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return StepResult(nll / answer_tokens, float(grad_norm), sum(s.n_tokens for s in batch), answer_tokens,
                           insertions / len(batch), stop > 0, kl / answer_tokens, recon / max(recon_weight, 1e-9),
-                          gist / max(named, 1.0), hits / max(named, 1.0))
+                          gist / max(gist_weight, 1e-9), hits / max(named, 1.0))
 
     def step_loss(self, part, answer_tokens: int, rebuilt: int) -> torch.Tensor:
         """One sequence's share of the step's loss. Answer terms are divided by the whole step's answer tokens
@@ -145,8 +147,8 @@ class Trainer:
         loss = (o.sft * part.nll + o.kl * part.kl) / answer_tokens
         if o.recon > 0 and part.recon_weight > 0:
             loss = loss + o.recon * part.recon / part.recon_weight / rebuilt
-        if o.gist > 0 and part.gist_tokens > 0:
-            loss = loss + o.gist * part.gist / part.gist_tokens / rebuilt
+        if o.gist > 0 and part.gist_weight > 0:
+            loss = loss + o.gist * part.gist / part.gist_weight / rebuilt
         return loss
 
     def _reduce_grads(self) -> None:
