@@ -17,5 +17,9 @@ case "$1" in
     # each reading its own layer's cache), the paper's Table 4 axis: does copying need more than one layer?
     train one128_gistonly_l2 "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token \
       --gist-weight 1 --sft-weight 0 --num-layers 2 ;;
+  train-one128-gistonly-d4)  # one128_gistonly with the value's digits weighted 4x in the gist term
+    # (--gist-digit-weight 4): the colour and the object were copied within 300 steps, the digits not
+    train one128_gistonly_d4 "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token \
+      --gist-weight 1 --sft-weight 0 --gist-digit-weight 4 ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac
