@@ -21,5 +21,9 @@ case "$1" in
     # (--gist-digit-weight 4): the colour and the object were copied within 300 steps, the digits not
     train one128_gistonly_d4 "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token \
       --gist-weight 1 --sft-weight 0 --gist-digit-weight 4 ;;
+  train-one128-gistonly-sq)  # one128_gistonly with a learned input per latent step (--step-queries): its latents
+    # found the colour and the object by attention but spread over the filler where the digits are
+    train one128_gistonly_sq "${ONE128[@]}" --method flashmem --lr 1e-3 --steps 2000 --readout soft-token \
+      --gist-weight 1 --sft-weight 0 --step-queries ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

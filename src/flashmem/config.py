@@ -73,6 +73,10 @@ class MemoryConfig:
                           "distribution over tokens, as the expected token embedding, plus the projection; a "
                           "latent then restates tokens the frozen model already knows how to read)",
                           choices=READOUTS)
+    step_queries: bool = option(False, "flashmem's own extension: a learned vector per latent, added to the "
+                                "consolidator's input at that latent's step (zero at the start: the untrained "
+                                "consolidator is the paper's), so each latent can learn a query of its own (which "
+                                "part of a fact it copies) rather than derive it from the previous latent alone")
     lora_r: int = option(16, "MemGen weaver LoRA rank")
     lora_alpha: int = option(32, "MemGen weaver LoRA alpha")
     reprefill: bool = option(False, "MemGen: re-prefill the reasoner's whole cache after each insertion, as its code does")
@@ -100,6 +104,7 @@ class MemoryConfig:
             # MemGen's weaver re-reads the token ids and re-prefills from them: a masked cache hides nothing from it.
             (self.prompt_window == 0 or not (self.reprefill or self.method == "memgen"),
              "prompt_window needs a memory that reads the cache (flashmem, softprompt), not MemGen's weaver"),
+            (not self.step_queries or self.method == "flashmem", "step_queries are the consolidator's: method flashmem"),
             (not self.query_agnostic or self.prompt_window > 0,
              "query_agnostic needs prompt_window > 0: the window is the question the memory must not see"),
         ], "memory config")

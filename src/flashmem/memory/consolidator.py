@@ -71,6 +71,8 @@ class Consolidator(LatentMemory):
         # flashmem's extension (write_lora_r > 0): the latents' keys and values at every layer come through
         # a LoRA of the frozen projections, on only while they are written (writer()). PEFT's B starts at
         # zero, so the untrained writer writes what the plain backbone would.
+        if config.step_queries:  # zero: the untrained consolidator is the paper's
+            self.step_inputs = nn.Parameter(torch.zeros(config.num_latents, d))
         self._writers = lora_wrappers(backbone, config.write_lora_r, 2 * config.write_lora_r, WRITE_TARGETS) \
             if config.write_lora_r > 0 else {}
         if self._writers:
@@ -96,6 +98,8 @@ class Consolidator(LatentMemory):
         x = self.seed(ctx.hidden.to(self.out_proj.weight.dtype)).unsqueeze(1)  # (B, 1, d)
         latents, logits = [], []
         for step in range(self.config.num_latents):
+            if self.config.step_queries:
+                x = x + self.step_inputs[step].to(x.dtype)
             cos, sin = bb.rotary(x, (ctx.positions + step).unsqueeze(1))  # the latents' own positions
             for layer, src, (keys, values), (lat_k, lat_v) in zip(self.layers, self.sources, cache, latent_kv):
                 query, k, v = bb.latent_qkv(layer, src, x, cos, sin)  # trained W_Q; the source's frozen W_K, W_V
