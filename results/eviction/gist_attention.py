@@ -19,8 +19,8 @@ import torch
 import flashmem.memory.consolidator as consolidator
 from flashmem.api import FlashMem
 from flashmem.data.recall import make_document, make_item, parse_spec
-from flashmem.decoding.engine import memory_context, rewind
 from flashmem.models.runtime import set_threads
+from flashmem.training.objectives import memory_point
 from flashmem.training.scoring import encode_prompt
 
 SEEN: list[torch.Tensor] = []  # one (T,) attention over the cache per latent step and layer
@@ -66,11 +66,11 @@ def main(argv: list[str]) -> int:
     for i in range(args.limit):
         item, doc = make_item(spec, "validation", i), make_document(spec, "validation", i)
         state = encode_prompt(bb, memory.config, fm.encode([item.question])[0][0])
-        rewind(bb, state, memory.config.prompt_window)
+        context = memory_point(bb, memory.config, state)
         tokens = bb.tokenizer.convert_ids_to_tokens(state.ids[0].tolist())
         SEEN.clear()
         with torch.no_grad():
-            _, logits = memory.latents_and_logits(memory_context(bb, state))
+            _, logits = memory.latents_and_logits(context)
         attention = torch.stack(SEEN).reshape(k, layers, -1).mean(1)  # (K, T)
         where = groups(tokens, doc.facts[0])
         parts = {name: attention[:, idx].sum(-1) for name, idx in where.items()}

@@ -20,8 +20,8 @@ import torch
 
 from flashmem.api import FlashMem
 from flashmem.data.recall import gist_text, make_document, make_item, parse_spec
-from flashmem.decoding.engine import memory_context, rewind
 from flashmem.models.runtime import set_threads
+from flashmem.training.objectives import memory_point
 from flashmem.training.scoring import encode_prompt
 
 
@@ -29,10 +29,8 @@ def named(fm: FlashMem, question: str) -> torch.Tensor:
     """(K,) the most likely token of each latent, the memory made where its policy makes it."""
     bb, memory = fm.backbone, fm.memory
     state = encode_prompt(bb, memory.config, fm.encode([question])[0][0])
-    if memory.config.query_agnostic:
-        rewind(bb, state, memory.config.prompt_window)
     with torch.no_grad():
-        _, logits = memory.latents_and_logits(memory_context(bb, state))
+        _, logits = memory.latents_and_logits(memory_point(bb, memory.config, state))
     return logits[0].argmax(-1)
 
 

@@ -334,12 +334,16 @@ def _check_split(split: str, index: int) -> None:
 GIST_FORMS = ("pairs", "facts")
 
 
+def check_gist_form(form: str) -> None:
+    if form not in GIST_FORMS:
+        raise FlashmemError(f"recall: the gist form must be one of {', '.join(GIST_FORMS)}, got {form!r}")
+
+
 def gist_text(doc: Document, form: str = "pairs") -> str:
     """What a query-agnostic memory of the document must carry, every fact in document order: ``pairs``
     ("blue locker 4821; red safe 1234", the compact form) or ``facts`` (the fact sentences themselves).
     At one fact the pair read back through the cut answers every question (results/eviction/oracle_tokens.py)."""
-    if form not in GIST_FORMS:
-        raise FlashmemError(f"recall: the gist form must be one of {', '.join(GIST_FORMS)}, got {form!r}")
+    check_gist_form(form)
     ordered = sorted(doc.facts, key=lambda f: doc.text.index(f.sentence()))
     if form == "facts":
         return " ".join(f.sentence() for f in ordered)
@@ -365,8 +369,8 @@ class RecallStream:
         if documents is not None and not 1 <= documents <= SPLIT_SIZES["train"]:
             raise FlashmemError(f"recall: a fit check cycles over 1..{SPLIT_SIZES['train']} train documents, "
                                 f"got {documents}")
-        if gist is not None and gist not in GIST_FORMS:
-            raise FlashmemError(f"recall: the gist form must be one of {', '.join(GIST_FORMS)}, got {gist!r}")
+        if gist is not None:
+            check_gist_form(gist)
         self.spec, self.q, self.documents, self.gist = spec, questions_per_document, documents, gist
         self._last: tuple[int, Document] | None = None
 

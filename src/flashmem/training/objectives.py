@@ -22,7 +22,7 @@ import torch
 
 from ..config import MemoryConfig
 from ..decoding.engine import DecodeState, append_tokens, cut_prompt, forward_chunk, memory_context, prefill, rewind
-from ..memory.base import LatentMemory
+from ..memory.base import LatentMemory, MemoryContext
 from ..models.backbone import Backbone
 from .scoring import encode_prompt, training_nll
 
@@ -106,9 +106,7 @@ def reconstruction_nll(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor,
     state: the prompt's prefill when the caller has one (it is used up)."""
     window = policy.prompt_window
     state = state if state is not None else encode_prompt(bb, policy, prompt)
-    if policy.query_agnostic:
-        rewind(bb, state, window)
-    latents = memory(memory_context(bb, state))
+    latents = memory(memory_point(bb, policy, state))
     span = prompt[policy.n_sinks: prompt.numel() - window][: objective.recon_tokens]
     out = cut_prompt(bb, state, span[None], latents, all_logits=True, memory=memory)
     k = latents.shape[1]
@@ -118,6 +116,14 @@ def reconstruction_nll(bb: Backbone, memory: LatentMemory, prompt: torch.Tensor,
     return (nll * weights).sum(), float(weights.sum())
 
 
+def memory_point(bb: Backbone, policy: MemoryConfig, state: DecodeState) -> MemoryContext:
+    """What a prompt-end memory is made from under the policy: the state after the whole prompt, or, if
+    query-agnostic, stepped back before the window (the state is changed)."""
+    if policy.query_agnostic:
+        rewind(bb, state, policy.prompt_window)
+    return memory_context(bb, state)
+
+
 def gist_nll(memory: LatentMemory, gist: torch.Tensor, policy: MemoryConfig, state: DecodeState,
              digit_weight: float = 1.0) -> tuple[torch.Tensor, float, int, int]:
     """(weighted cross-entropy sum, weight sum, latents scored, latents naming their token) of latent j's head
@@ -125,9 +131,7 @@ def gist_nll(memory: LatentMemory, gist: torch.Tensor, policy: MemoryConfig, sta
     digit_weight times; the memory is made where the policy makes it (before the window if query-agnostic,
     else at the prompt's end). state: the prompt's prefill (it is used up)."""
     bb = memory.backbone
-    if policy.query_agnostic:
-        rewind(bb, state, policy.prompt_window)
-    _, logits = memory.latents_and_logits(memory_context(bb, state))
+    _, logits = memory.latents_and_logits(memory_point(bb, policy, state))
     n = min(logits.shape[1], gist.numel())
     logits, target = logits[0, :n].float(), gist[:n].to(logits.device)
     weights = content_weights(bb, target, digit_weight)
